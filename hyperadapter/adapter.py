@@ -1,0 +1,264 @@
+"""The Adapter value: per-module LoRA factors, saved and loaded in PEFT's format.
+
+A module's update is `delta_W = scaling * B @ A` with `A [r, in]`, `B [out, r]`, `scaling = alpha / r`.
+On disk an adapter is a PEFT folder (`adapter_config.json` + `adapter_model.safetensors` with keys
+`base_model.model.<module path>.lora_A.weight` / `lora_B.weight`), so `peft`, vLLM and LoRAX read what
+we write and we read what `peft` trains. Our own metadata rides in the safetensors header.
+Adapters are never pickled: safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+MAX_RANK = 256
+_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<name>[^.]+))?\.weight$")
+
+
+class AdapterError(ValueError):
+    """An adapter is malformed, or does not fit the base model it is meant for."""
+
+
+@dataclass
+class Adapter:
+    """LoRA factors for a set of linear modules of one base model."""
+
+    weights: dict[str, tuple[Tensor, Tensor]]  # module path -> (A [r, in], B [out, r])
+    alpha: float
+    base_model: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return max(a.shape[0] for a, _ in self.weights.values())
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    @property
+    def target_modules(self) -> list[str]:
+        return sorted({path.rsplit(".", 1)[-1] for path in self.weights})
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in self.weights.values())
+
+    def delta_weight(self, module: str) -> Tensor:
+        a, b = self.weights[module]
+        return self.scaling * (b.float() @ a.float())
+
+    # ---------------------------------------------------------------- validation
+    def validate(self, linear_shapes: Mapping[str, tuple[int, int]] | None = None,
+                 base_model: str | None = None, max_rank: int = MAX_RANK) -> None:
+        """Raise AdapterError naming the first problem: empty, ranks, shapes, modules, NaN/Inf, base model."""
+        if not self.weights:
+            raise AdapterError("adapter has no LoRA weights")
+        if not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise AdapterError(f"lora_alpha must be a positive finite number, got {self.alpha}")
+        if base_model is not None and self.base_model and self.base_model != base_model:
+            raise AdapterError(f"adapter was made for base model {self.base_model!r}, not {base_model!r}")
+        for module, (a, b) in self.weights.items():
+            if a.dim() != 2 or b.dim() != 2:
+                raise AdapterError(f"{module}: lora_A and lora_B must be matrices, got {tuple(a.shape)} and {tuple(b.shape)}")
+            r = a.shape[0]
+            if not 1 <= r <= max_rank:
+                raise AdapterError(f"{module}: rank {r} is outside 1..{max_rank}")
+            if b.shape[1] != r:
+                raise AdapterError(f"{module}: lora_A has rank {r} but lora_B {tuple(b.shape)} has {b.shape[1]}")
+            if linear_shapes is not None:
+                if module not in linear_shapes:
+                    raise AdapterError(f"{module}: no such linear module in the base model")
+                fan_in, fan_out = linear_shapes[module]
+                if a.shape[1] != fan_in or b.shape[0] != fan_out:
+                    raise AdapterError(
+                        f"{module}: shapes A {tuple(a.shape)}, B {tuple(b.shape)} do not fit the base's "
+                        f"{fan_in} -> {fan_out} (expected A [r, {fan_in}], B [{fan_out}, r])")
+                if r > min(fan_in, fan_out):
+                    raise AdapterError(f"{module}: rank {r} exceeds min(in, out) = {min(fan_in, fan_out)}")
+            if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+                raise AdapterError(f"{module}: weights contain NaN or Inf")
+
+    # ---------------------------------------------------------------- PEFT format
+    def peft_config(self) -> dict:
+        return {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": self.base_model,
+            "r": self.rank,
+            "lora_alpha": self.alpha,
+            "lora_dropout": 0.0,
+            "target_modules": self.target_modules,
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "use_rslora": False,
+            "use_dora": False,
+            "init_lora_weights": True,
+            "inference_mode": True,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+            "modules_to_save": None,
+        }
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write a PEFT folder atomically: a temp folder renamed into place (an old one is replaced)."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        if len({a.shape[0] for a, _ in self.weights.values()}) > 1:
+            raise AdapterError("adapters with mixed ranks cannot be saved; pad or compress them first")
+        tensors: dict[str, Tensor] = {}
+        for module, (a, b) in sorted(self.weights.items()):
+            tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = a.detach().contiguous().cpu()
+            tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = b.detach().contiguous().cpu()
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+        try:
+            save_file(tensors, tmp / WEIGHTS_NAME,
+                      metadata={"format": "pt", "hyperadapter": json.dumps(self.metadata, sort_keys=True)})
+            (tmp / CONFIG_NAME).write_text(json.dumps(self.peft_config(), indent=2))
+            for f in tmp.iterdir():
+                _fsync(f)
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+                os.replace(directory, old)
+                os.replace(tmp, directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "Adapter":
+        """Read a PEFT LoRA folder (ours or one `peft` trained). Per-module rank/alpha patterns and
+        rsLoRA scaling are folded into B so that one global `alpha / r` holds for every module."""
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        if not config_path.is_file() or not weights_path.is_file():
+            raise AdapterError(f"{directory} is not a PEFT adapter folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise AdapterError(f"{config_path}: not valid JSON ({exc})") from exc
+        if config.get("peft_type", "LORA") != "LORA":
+            raise AdapterError(f"{directory}: peft_type {config.get('peft_type')!r} is not LORA")
+        if config.get("use_dora"):
+            raise AdapterError(f"{directory}: DoRA adapters are not supported")
+        if config.get("fan_in_fan_out"):
+            raise AdapterError(f"{directory}: fan_in_fan_out (Conv1D) adapters are not supported")
+        if config.get("bias", "none") != "none":
+            raise AdapterError(f"{directory}: LoRA bias={config['bias']!r} is not supported")
+        try:
+            tensors = load_file(weights_path)
+            from safetensors import safe_open
+            with safe_open(weights_path, "pt") as f:
+                header = f.metadata() or {}
+        except Exception as exc:  # safetensors raises several types for a damaged file
+            raise AdapterError(f"{weights_path}: cannot read safetensors ({exc})") from exc
+        metadata = json.loads(header.get("hyperadapter", "{}"))
+
+        parts: dict[str, dict[str, Tensor]] = {}
+        for key, tensor in tensors.items():
+            m = _KEY.match(key)
+            if m is None:
+                raise AdapterError(f"{weights_path}: unsupported tensor {key!r} (only LoRA A/B of linear modules)")
+            parts.setdefault(m["module"], {})[m["ab"]] = tensor
+        r0 = int(config.get("r", 8))
+        alpha0 = float(config.get("lora_alpha", r0))
+        rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+        rslora = bool(config.get("use_rslora"))
+        scaled: dict[str, tuple[Tensor, Tensor, float]] = {}
+        for module, ab in parts.items():
+            if set(ab) != {"A", "B"}:
+                raise AdapterError(f"{module}: needs both lora_A and lora_B")
+            r_declared = _pattern_value(rank_pattern, module, r0)
+            alpha = _pattern_value(alpha_pattern, module, alpha0)
+            scaled[module] = (ab["A"], ab["B"], alpha / math.sqrt(r_declared) if rslora else alpha / r_declared)
+        rank = max((a.shape[0] for a, _, _ in scaled.values()), default=r0)
+        weights: dict[str, tuple[Tensor, Tensor]] = {}
+        for module, (a, b, scale) in scaled.items():
+            if a.dim() == 2 and b.dim() == 2 and a.shape[0] < rank:  # mixed ranks: zero-pad to the largest
+                a = torch.cat([a, a.new_zeros(rank - a.shape[0], a.shape[1])])
+                b = torch.cat([b, b.new_zeros(b.shape[0], rank - b.shape[1])], dim=1)
+            # our scaling is alpha0 / rank for every module; fold any difference into B (same update)
+            factor = scale / (alpha0 / rank)
+            weights[module] = (a, b if factor == 1.0 else b * factor)
+        return cls(weights=weights, alpha=alpha0, base_model=config.get("base_model_name_or_path") or "",
+                   metadata=metadata)
+
+    # ---------------------------------------------------------------- arithmetic
+    @staticmethod
+    def combine(parts: Iterable[tuple["Adapter", float]], rank: int | None = None,
+                metadata: dict[str, str] | None = None) -> "Adapter":
+        """The weighted sum of adapters' updates, as one adapter (ranks concatenated, so exact);
+        with `rank`, compressed to that rank by a truncated SVD of each module's update."""
+        parts = list(parts)
+        if not parts:
+            raise AdapterError("combine needs at least one adapter")
+        base_model = parts[0][0].base_model
+        modules = sorted({m for adapter, _ in parts for m in adapter.weights})
+        total_rank = sum(adapter.rank for adapter, _ in parts)
+        weights: dict[str, tuple[Tensor, Tensor]] = {}
+        for module in modules:
+            a_blocks, b_blocks = [], []
+            for adapter, w in parts:
+                if module in adapter.weights:
+                    a, b = adapter.weights[module]
+                    a_blocks.append(a.float())
+                    b_blocks.append(b.float() * (w * adapter.scaling))
+            a_cat, b_cat = torch.cat(a_blocks), torch.cat(b_blocks, dim=1)  # scaling folded into B
+            if a_cat.shape[0] < total_rank:
+                pad = total_rank - a_cat.shape[0]
+                a_cat = torch.cat([a_cat, a_cat.new_zeros(pad, a_cat.shape[1])])
+                b_cat = torch.cat([b_cat, b_cat.new_zeros(b_cat.shape[0], pad)], dim=1)
+            weights[module] = (a_cat, b_cat)
+        combined = Adapter(weights, alpha=float(total_rank), base_model=base_model, metadata=metadata or {})
+        return combined.compressed(rank) if rank is not None and rank < total_rank else combined
+
+    def compressed(self, rank: int) -> "Adapter":
+        """Best rank-`rank` approximation of every module's update (QR of both factors, SVD of the core)."""
+        out = {}
+        for module, (a, b) in self.weights.items():
+            qb, rb = torch.linalg.qr(b.float() * self.scaling)
+            qa, ra = torch.linalg.qr(a.float().T)
+            u, s, vh = torch.linalg.svd(rb @ ra.T)
+            k = min(rank, s.shape[0])
+            root = s[:k].sqrt()
+            b_new = torch.zeros(b.shape[0], rank)
+            a_new = torch.zeros(rank, a.shape[1])
+            b_new[:, :k] = qb @ (u[:, :k] * root)
+            a_new[:k] = (root[:, None] * vh[:k]) @ qa.T
+            out[module] = (a_new, b_new)
+        return Adapter(out, alpha=float(rank), base_model=self.base_model, metadata=dict(self.metadata))
+
+    def to(self, dtype: torch.dtype) -> "Adapter":
+        return Adapter({m: (a.to(dtype), b.to(dtype)) for m, (a, b) in self.weights.items()},
+                       self.alpha, self.base_model, dict(self.metadata))
+
+
+def _pattern_value(pattern: Mapping[str, float], module: str, default: float) -> float:
+    """PEFT's rank/alpha patterns match a key as a suffix (or regex) of the module path."""
+    for key, value in pattern.items():
+        if module == key or module.endswith("." + key) or re.fullmatch(key, module):
+            return float(value)
+    return float(default)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
