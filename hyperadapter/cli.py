@@ -1,0 +1,169 @@
+"""The command line: `hyperadapter serve | adapter | generate | batch | train | eval | data`.
+
+argparse from the standard library: the commands are few and flat, so a CLI framework would add a
+dependency without removing code. Errors the user can fix print one line to stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hyperadapter.config import load_settings
+
+KINDS = ("task", "demonstrations", "document", "conversation")
+
+
+class CLIError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _read_text(args) -> str:
+    if getattr(args, "file", None):
+        path = Path(args.file)
+        if not path.is_file():
+            raise CLIError(f"--file {path}: no such file")
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise CLIError(f"--file {path}: not UTF-8 text") from exc
+    return args.text
+
+
+def _services(args, need_generator: bool = True):
+    from hyperadapter.service import Services
+    settings = load_settings(getattr(args, "config", None))
+    return Services.create(settings, load_generator=need_generator)
+
+
+def cmd_generate(args) -> int:
+    from hyperadapter.adapter import Adapter, AdapterError
+    from hyperadapter.base import format_prompt
+    from hyperadapter.runtime import GenerationParams
+
+    if args.adapter and args.kind:
+        raise CLIError("give either --adapter or --kind/--text, not both")
+    if bool(args.kind) != bool(args.text or args.file):
+        raise CLIError("--kind needs --text or --file (and the other way round)")
+    if args.max_new_tokens < 1:
+        raise CLIError("--max-new-tokens must be at least 1")
+    services = _services(args, need_generator=bool(args.kind))
+    adapter = None
+    if args.adapter:
+        path = Path(args.adapter)
+        try:
+            adapter = Adapter.load(path) if path.is_dir() else services.store.load(args.adapter)
+        except (AdapterError, KeyError) as exc:
+            raise CLIError(f"--adapter {args.adapter}: {exc}") from exc
+    elif args.kind:
+        context = _read_text(args)
+        result = services.adapter_for(args.kind, context, owner="local", reuse=not args.no_reuse)
+        adapter = services.store.load(result.record.id)
+    prompt = format_prompt(services.base, args.prompt, raw=args.raw)
+    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_p=args.top_p, seed=args.seed)
+    try:
+        for piece in services.runtime.stream(prompt, adapter, params):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except AdapterError as exc:
+        raise CLIError(str(exc)) from exc
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_adapter_create(args) -> int:
+    context = _read_text(args)
+    if not context or not context.strip():
+        raise CLIError("the context is empty")
+    services = _services(args)
+    result = services.adapter_for(args.kind, context, owner="local", reuse=not args.no_reuse)
+    record = result.record
+    out = None
+    if args.out:
+        out = str(services.store.load(record.id).save(Path(args.out)))
+    print(json.dumps({"id": record.id, "cache_hit": result.cache_hit, "similarity": result.similarity,
+                      "kind": record.kind, "rank": record.rank,
+                      "target_modules": services.store.load(record.id).target_modules,
+                      "path": out or str(record.path)}))
+    return 0
+
+
+def cmd_data_prepare(args) -> int:
+    from hyperadapter.data.prepare import prepare, summary
+    from hyperadapter.data.source import SourceError
+
+    settings = load_settings(args.config)
+    out = Path(args.out) if args.out else settings.prepared_data_dir
+    try:
+        manifest = prepare(out, settings.data_root / "downloads", Path(args.source) if args.source else None,
+                           force=args.force)
+    except SourceError as exc:
+        raise CLIError(str(exc)) from exc
+    print(summary(manifest))
+    print(f"prepared data in {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hyperadapter", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate text with the base model, an adapter, or a context's adapter")
+    g.add_argument("--adapter", help="a PEFT adapter folder or a stored adapter id")
+    g.add_argument("--kind", choices=KINDS, help="make (or reuse) an adapter from a context of this kind")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--text", help="the context text")
+    src.add_argument("--file", help="a file holding the context text")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--raw", action="store_true", help="plain completion: no chat template")
+    g.add_argument("--no-reuse", action="store_true")
+    g.add_argument("--config")
+    g.set_defaults(func=cmd_generate)
+
+    a = sub.add_parser("adapter", help="create adapters")
+    asub = a.add_subparsers(dest="adapter_command", required=True)
+    c = asub.add_parser("create", help="make (or reuse) an adapter from a context; prints one JSON line")
+    c.add_argument("--kind", choices=KINDS, required=True)
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text")
+    src.add_argument("--file")
+    c.add_argument("--out", help="also write the PEFT adapter folder here")
+    c.add_argument("--no-reuse", action="store_true", help="always generate a new adapter")
+    c.add_argument("--config")
+    c.set_defaults(func=cmd_adapter_create)
+
+    d = sub.add_parser("data", help="datasets")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dp = dsub.add_parser("prepare", help="download (pinned, checksummed), extract, build and split the datasets")
+    dp.add_argument("--out", help="output folder (default: <data_root>/data)")
+    dp.add_argument("--source", help="a local copy of bigbench-1.0.0.tar.gz instead of downloading")
+    dp.add_argument("--force", action="store_true", help="rebuild even if prepared")
+    dp.add_argument("--config")
+    dp.set_defaults(func=cmd_data_prepare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        print(f"hyperadapter: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"hyperadapter: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hyperadapter: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
