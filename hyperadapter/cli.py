@@ -107,6 +107,40 @@ def cmd_data_prepare(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import tomllib
+    config = Path(args.config)
+    if not config.is_file():
+        raise CLIError(f"--config {config}: no such file")
+    kind = tomllib.loads(config.read_text()).get("trainer", "generator")
+    if kind == "multitask-lora":
+        from hyperadapter.training.multitask import load_multitask_recipe, train_multitask
+        out = train_multitask(load_multitask_recipe(config, steps=args.steps))
+    else:
+        from hyperadapter.training.loop import train
+        from hyperadapter.training.recipe import load_recipe
+        out = train(load_recipe(config, steps=args.steps, out_dir=args.out))
+    print(f"saved {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from hyperadapter.evaluation.harness import load_eval_config
+    from hyperadapter.evaluation.run import run_eval
+    from hyperadapter.evaluation import report
+
+    settings = load_settings(args.settings)
+    if not Path(args.config).is_file():
+        raise CLIError(f"--config {args.config}: no such file")
+    if args.limit is not None and args.limit < 1:
+        raise CLIError("--limit must be at least 1")
+    config = load_eval_config(args.config, limit=args.limit, out_dir=args.out, generator=args.generator)
+    results = run_eval(config, settings)
+    print(report.markdown(results))
+    print(f"wrote {config.out_dir}/results.json, results.md, results.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hyperadapter", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -138,6 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-reuse", action="store_true", help="always generate a new adapter")
     c.add_argument("--config")
     c.set_defaults(func=cmd_adapter_create)
+
+    t = sub.add_parser("train", help="train the generator (or, with trainer = \"multitask-lora\", the baseline LoRA)")
+    t.add_argument("--config", required=True, help="a recipe TOML file (see configs/)")
+    t.add_argument("--steps", type=int, help="override the recipe's step count")
+    t.add_argument("--out", help="override the recipe's out_dir")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="score base / context-in-prompt / generated / LoRA baselines on held-out data")
+    e.add_argument("--config", required=True, help="an evaluation TOML file (see configs/)")
+    e.add_argument("--limit", type=int, help="queries per context")
+    e.add_argument("--out", help="output folder (default: the config's out_dir)")
+    e.add_argument("--generator", help="generator checkpoint folder (default: the shipped one)")
+    e.add_argument("--settings", help="a settings TOML file")
+    e.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("data", help="datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)

@@ -31,8 +31,9 @@ class LoraRuntime:
     def __init__(self, base: Base):
         self.base = base
         self.shapes = base.linear_shapes()
-        self._active: dict[str, Factors] = {}
-        self._lock = threading.RLock()  # one activation at a time: the hooks read shared state
+        # The active factors are per thread: a server thread decoding and another generating an
+        # adapter (which runs the base too) never see each other's adapters.
+        self._local = threading.local()
         self._handles = []
         for name, module in base.model.named_modules():
             if name in self.shapes:
@@ -40,7 +41,8 @@ class LoraRuntime:
 
     def _make_hook(self, name: str) -> Callable:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-            factors = self._active.get(name)
+            factors = getattr(self._local, "active", None)
+            factors = factors.get(name) if factors else None
             if factors is None:
                 return output
             a, b = factors
@@ -93,13 +95,12 @@ class LoraRuntime:
     def activate(self, adapters: Sequence[Adapter | None] | Adapter | None = None,
                  factors: dict[str, Factors] | None = None) -> Iterator[None]:
         """Within the block, forward passes add the given adapters (or precomputed/differentiable factors)."""
-        with self._lock:
-            previous = self._active
-            self._active = factors if factors is not None else self.stack(adapters)
-            try:
-                yield
-            finally:
-                self._active = previous
+        previous = getattr(self._local, "active", None)
+        self._local.active = factors if factors is not None else self.stack(adapters)
+        try:
+            yield
+        finally:
+            self._local.active = previous
 
     # ------------------------------------------------------------ generation
     def generate(self, prompts: Sequence[str], adapters: Sequence[Adapter | None] | Adapter | None = None,

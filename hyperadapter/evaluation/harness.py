@@ -1,0 +1,173 @@
+"""`hyperadapter eval`: score systems on held-out contexts, with per-query cost.
+
+Per context, a system picks an adapter and a prompt per query; the frozen base answers. Multiple
+choice queries are scored by the summed log-likelihood of each choice (accuracy); generation
+queries by greedy decoding (ROUGE-L and exact match); documents by SQuAD F1; conversations by fact
+recall. A context's score is its queries' mean; a kind's score is the mean over its contexts.
+Cost per query: prompt tokens processed and wall-clock latency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from hyperadapter.adapter import Adapter
+from hyperadapter.base import Base
+from hyperadapter.data.schema import ContextRecord, load_split
+from hyperadapter.evaluation import metrics
+from hyperadapter.evaluation.systems import System
+from hyperadapter.runtime import GenerationParams, LoraRuntime
+
+PRIMARY = {"choice": "accuracy", "generation": "rouge_l", "squad": "f1", "fact": "recall"}
+
+
+@dataclass
+class EvalConfig:
+    out_dir: str = "results/eval"
+    data_dir: str = ""
+    split: str = "test"
+    kinds: list[str] = field(default_factory=lambda: ["task", "demonstrations", "document", "conversation"])
+    max_contexts: dict[str, int] = field(default_factory=dict)  # per kind; missing or 0 = all
+    limit: int = 8  # queries per context
+    max_new_tokens: int = 32
+    systems: list[str] = field(default_factory=lambda: [
+        "base", "base+context", "generated", "generated-wrong", "multitask-lora", "per-task-lora"])
+    generator: str = ""  # default: the shipped checkpoint
+    multitask_lora: str = "checkpoints/multitask-lora"
+    task_lora_steps: int = 80
+    batch_size: int = 16
+    seed: int = 0
+
+
+def load_eval_config(path: str | Path, **overrides) -> EvalConfig:
+    raw = tomllib.loads(Path(path).read_text())
+    names = {f.name for f in dataclasses.fields(EvalConfig)}
+    if set(raw) - names:
+        raise ValueError(f"{path}: unknown keys {sorted(set(raw) - names)}")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return EvalConfig(**raw)
+
+
+def select(records: list[ContextRecord], n: int, limit: int) -> list[ContextRecord]:
+    """The first n contexts (records are sorted by id, so this is deterministic), `limit` queries each."""
+    chosen = records[:n] if n else records
+    return [dataclasses.replace(r, queries=r.queries[:limit]) for r in chosen if r.queries]
+
+
+@torch.no_grad()
+def choice_scores(base: Base, runtime: LoraRuntime, adapter: Adapter | None, prompt: str,
+                  choices: list[str], chunk: int = 32) -> list[float]:
+    """Summed log-probability of each choice as the reply to `prompt`. The prompt is run once; its
+    KV cache is shared by all choices, and only choice positions go through the LM head."""
+    from transformers import DynamicCache
+
+    tok = base.tokenizer
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    with runtime.activate(adapter):
+        cache = DynamicCache()
+        out = base.model.model(input_ids=torch.tensor([p]), past_key_values=cache, use_cache=True)
+        first = F.log_softmax(base.model.lm_head(out.last_hidden_state[:, -1]).float(), -1)[0]
+        scores = []
+        for s in range(0, len(choices), chunk):
+            rows = [tok(c, add_special_tokens=False)["input_ids"] or [tok.eos_token_id] for c in choices[s:s + chunk]]
+            length = max(len(r) for r in rows)
+            ids = torch.full((len(rows), length), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros(len(rows), len(p) + length, dtype=torch.long)
+            mask[:, :len(p)] = 1
+            for i, r in enumerate(rows):
+                ids[i, :len(r)] = torch.tensor(r)
+                mask[i, len(p):len(p) + len(r)] = 1
+            shared = DynamicCache([(layer.keys.expand(len(rows), -1, -1, -1), layer.values.expand(len(rows), -1, -1, -1))
+                                   for layer in cache.layers])
+            positions = torch.arange(len(p), len(p) + length)[None].expand(len(rows), -1)
+            hidden = base.model.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                      past_key_values=shared, use_cache=True).last_hidden_state
+            for i, r in enumerate(rows):
+                total = float(first[r[0]])
+                if len(r) > 1:
+                    logp = F.log_softmax(base.model.lm_head(hidden[i, :len(r) - 1]).float(), -1)
+                    total += float(logp.gather(-1, torch.tensor(r[1:])[:, None]).sum())
+                scores.append(total)
+    return scores
+
+
+class Harness:
+    def __init__(self, base: Base, runtime: LoraRuntime, config: EvalConfig):
+        self.base, self.runtime, self.config = base, runtime, config
+
+    def score_context(self, system: System, record: ContextRecord) -> dict:
+        adapter = system.adapter(record)
+        tok = self.base.tokenizer
+        scores, extra, prompt_tokens = [], {"em": [], "rouge_l": [], "f1": []}, []
+        start = time.perf_counter()
+        prompts = [system.prompt(record, q.input) for q in record.queries]
+        if record.metric == "choice":
+            for q, prompt in zip(record.queries, prompts):
+                s = choice_scores(self.base, self.runtime, adapter, prompt, q.choices)
+                scores.append(float(max(range(len(s)), key=s.__getitem__) == q.label))
+                prompt_tokens.append(len(tok(prompt, add_special_tokens=False)["input_ids"]))
+        else:
+            params = GenerationParams(max_new_tokens=self.config.max_new_tokens)
+            replies = []
+            for s in range(0, len(prompts), self.config.batch_size):
+                replies += self.runtime.generate(prompts[s:s + self.config.batch_size], adapter, params)
+            for q, prompt, reply in zip(record.queries, prompts, replies):
+                reply = reply.strip()
+                prompt_tokens.append(len(tok(prompt, add_special_tokens=False)["input_ids"]))
+                extra["em"].append(metrics.exact_match(reply, q.answers))
+                extra["rouge_l"].append(metrics.rouge_l(reply, q.answers))
+                extra["f1"].append(metrics.squad_f1(reply, q.answers))
+                if record.metric == "squad":
+                    scores.append(extra["f1"][-1])
+                elif record.metric == "fact":
+                    scores.append(metrics.fact_recall(reply, q.answers))
+                else:
+                    scores.append(extra["rouge_l"][-1])
+            extra["replies"] = replies[:3]
+        seconds = time.perf_counter() - start
+        n = max(1, len(record.queries))
+        return {"id": record.id, "metric": PRIMARY[record.metric], "score": 100 * sum(scores) / n,
+                "em": 100 * sum(extra["em"]) / n if extra["em"] else None,
+                "queries": len(record.queries), "prompt_tokens": sum(prompt_tokens) / n,
+                "latency_ms": 1000 * seconds / n, "samples": extra.get("replies", [])}
+
+    def run(self, systems: list[System]) -> dict:
+        c = self.config
+        data_dir = Path(c.data_dir) if c.data_dir else None
+        results: dict = {"config": dataclasses.asdict(c), "systems": {}}
+        for kind in c.kinds:
+            records = select(load_split(data_dir, c.split, kind), c.max_contexts.get(kind, 0), c.limit)
+            for system in systems:
+                if kind not in system.kinds:
+                    continue
+                system.adapter_seconds = []
+                system.prepare(records)
+                rows = [self.score_context(system, r) for r in tqdm(records, desc=f"{kind}: {system.name}")]
+                results["systems"].setdefault(system.name, {})[kind] = summarise(rows, system.adapter_seconds)
+        return results
+
+
+def summarise(rows: list[dict], adapter_seconds: list[float]) -> dict:
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else None
+    by_metric: dict[str, list[float]] = {}
+    for r in rows:
+        by_metric.setdefault(r["metric"], []).append(r["score"])
+    return {"score": mean([r["score"] for r in rows]), "contexts": len(rows),
+            "queries": sum(r["queries"] for r in rows),
+            "by_metric": {m: mean(v) for m, v in by_metric.items()},
+            "em": mean([r["em"] for r in rows]),
+            "prompt_tokens": mean([r["prompt_tokens"] for r in rows]),
+            "latency_ms": mean([r["latency_ms"] for r in rows]),
+            "adapter_ms": 1000 * mean(adapter_seconds) if adapter_seconds else None,
+            "per_context": rows}

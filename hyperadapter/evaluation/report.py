@@ -1,0 +1,65 @@
+"""Write the harness's results as JSON, a Markdown table and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+KIND_METRIC = {"task": "score", "demonstrations": "score", "document": "SQuAD F1", "conversation": "fact recall"}
+
+
+def markdown(results: dict) -> str:
+    kinds = [k for k in results["config"]["kinds"] if any(k in v for v in results["systems"].values())]
+    head = "| system | " + " | ".join(f"{k} ({KIND_METRIC.get(k, 'score')})" for k in kinds) + \
+           " | " + " | ".join(f"{k} prompt tok/query" for k in kinds) + " |"
+    lines = [head, "|" + "---|" * (1 + 2 * len(kinds))]
+    for name, per_kind in results["systems"].items():
+        cells = []
+        for k in kinds:
+            r = per_kind.get(k)
+            cells.append("—" if r is None or r["score"] is None else f"{r['score']:.1f}")
+        toks = []
+        for k in kinds:
+            r = per_kind.get(k)
+            toks.append("—" if r is None or r["prompt_tokens"] is None else f"{r['prompt_tokens']:.0f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(toks) + " |")
+    detail = ["", "| system | kind | contexts | queries | by metric | EM | latency ms/query | adapter ms/context |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, per_kind in results["systems"].items():
+        for k, r in per_kind.items():
+            by = ", ".join(f"{m} {v:.1f}" for m, v in r["by_metric"].items() if v is not None)
+            em = "—" if r["em"] is None else f"{r['em']:.1f}"
+            am = "—" if r["adapter_ms"] is None else f"{r['adapter_ms']:.0f}"
+            detail.append(f"| {name} | {k} | {r['contexts']} | {r['queries']} | {by} | {em} | "
+                          f"{r['latency_ms']:.0f} | {am} |")
+    return "\n".join(lines + detail) + "\n"
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = results["config"]["kinds"]
+    systems = list(results["systems"])
+    fig, ax = plt.subplots(figsize=(2.2 * len(kinds) + 3, 4.5))
+    width = 0.8 / max(1, len(systems))
+    for i, name in enumerate(systems):
+        values = [(results["systems"][name].get(k) or {}).get("score") or 0.0 for k in kinds]
+        ax.bar([j + i * width for j in range(len(kinds))], values, width, label=name)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(kinds))])
+    ax.set_xticklabels([f"{k}\n({KIND_METRIC.get(k, 'score')})" for k in kinds])
+    ax.set_ylabel("score (0-100)")
+    ax.set_title(f"held-out {results['config']['split']} split")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: dict, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "results.md").write_text(markdown(results))
+    chart(results, out_dir / "results.png")
+    return out_dir

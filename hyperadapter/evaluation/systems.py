@@ -1,0 +1,107 @@
+"""The systems the harness compares. Each decides, per held-out context, which adapter (if any) the
+frozen base uses and how a query is prompted. Only `base+context` puts the context in the prompt.
+
+Any `context -> Adapter` function can be evaluated: wrap it in `AdapterSystem`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from hyperadapter.adapter import Adapter
+from hyperadapter.base import Base
+from hyperadapter.data.prompts import context_prompt, query_prompt
+from hyperadapter.data.schema import ContextRecord
+
+
+class System:
+    name = "system"
+    kinds: tuple[str, ...] = ("task", "demonstrations", "document", "conversation")
+
+    def __init__(self, base: Base):
+        self.base = base
+        self.adapter_seconds: list[float] = []  # time spent making each context's adapter
+
+    def prepare(self, records: list[ContextRecord]) -> None:
+        """Called once per kind with the contexts about to be scored."""
+
+    def adapter(self, record: ContextRecord) -> Adapter | None:
+        return None
+
+    def prompt(self, record: ContextRecord, query: str) -> str:
+        return query_prompt(self.base, query)
+
+
+class BaseSystem(System):
+    name = "base"
+
+
+class ContextInPromptSystem(System):
+    name = "base+context"
+
+    def prompt(self, record: ContextRecord, query: str) -> str:
+        return context_prompt(self.base, record.kind, record.context, query)
+
+
+class AdapterSystem(System):
+    """Adapters from a `(kind, context) -> Adapter` function; with `wrong=True` each context gets the
+    adapter of another context of the same kind (the control that proves the context matters)."""
+
+    def __init__(self, base: Base, make: Callable[[str, str], Adapter], name: str = "generated",
+                 wrong: bool = False):
+        super().__init__(base)
+        self.make = make
+        self.name = name + (" (wrong context)" if wrong else "")
+        self.wrong = wrong
+        self.partner: dict[str, ContextRecord] = {}
+
+    def prepare(self, records: list[ContextRecord]) -> None:
+        n = len(records)
+        for i, r in enumerate(records):  # a fixed derangement: shift by half the list
+            self.partner[r.id] = records[(i + max(1, n // 2)) % n] if n > 1 else r
+
+    def adapter(self, record: ContextRecord) -> Adapter:
+        source = self.partner[record.id] if self.wrong else record
+        start = time.perf_counter()
+        adapter = self.make(source.kind, source.context)
+        self.adapter_seconds.append(time.perf_counter() - start)
+        return adapter
+
+
+class FixedAdapterSystem(System):
+    """One adapter for every context (the multi-task LoRA)."""
+
+    def __init__(self, base: Base, adapter: Adapter, name: str):
+        super().__init__(base)
+        self.fixed = adapter
+        self.name = name
+
+    def adapter(self, record: ContextRecord) -> Adapter:
+        return self.fixed
+
+
+class PerTaskLoraSystem(System):
+    """The oracle: a LoRA trained on the held-out task's own labelled examples (its support set)."""
+
+    name = "per-task LoRA (oracle)"
+    kinds = ("task", "demonstrations")
+
+    def __init__(self, base: Base, runtime, steps: int = 80, seed: int = 0):
+        super().__init__(base)
+        self.runtime = runtime
+        self.steps = steps
+        self.seed = seed
+        self.cache: dict[str, Adapter] = {}
+
+    def adapter(self, record: ContextRecord) -> Adapter | None:
+        from hyperadapter.training.lora import train_lora
+        task_id = record.id.removeprefix("demos/")
+        if task_id not in self.cache:
+            pairs = [(q.input, q.target) for q in record.support]
+            if not pairs:
+                return None
+            start = time.perf_counter()
+            self.cache[task_id] = train_lora(self.base, self.runtime, pairs, steps=self.steps, seed=self.seed)
+            self.adapter_seconds.append(time.perf_counter() - start)
+        return self.cache[task_id]

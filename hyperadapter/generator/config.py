@@ -1,0 +1,64 @@
+"""The generator's hyper-parameters, saved beside its weights as JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+KIND_IDS = {"task": 0, "demonstrations": 1, "document": 2, "conversation": 3}
+
+
+@dataclass
+class GeneratorConfig:
+    base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    num_layers: int = 30
+    hidden_size: int = 576
+    # short module name -> (path template with {layer}, in_features, out_features)
+    modules: dict[str, list] = field(default_factory=lambda: {
+        "q_proj": ["model.layers.{layer}.self_attn.q_proj", 576, 576],
+        "v_proj": ["model.layers.{layer}.self_attn.v_proj", 576, 192],
+        "down_proj": ["model.layers.{layer}.mlp.down_proj", 1536, 576],
+    })
+    rank: int = 8
+    alpha: float = 16.0
+    feature_layer: int = 8  # the base is run up to this layer over the context (cost vs depth of features)
+    chunk_tokens: int = 256  # context is read in independent chunks of this many tokens
+    latent: int = 256
+    heads: int = 4
+    mlp_blocks: int = 2
+    sentence_dim: int = 384
+    use_sentence: bool = True
+    use_tokens: bool = True
+
+    @property
+    def module_names(self) -> list[str]:
+        return sorted(self.modules)
+
+    def module_path(self, name: str, layer: int) -> str:
+        return self.modules[name][0].format(layer=layer)
+
+    def shape(self, name: str) -> tuple[int, int]:
+        _, fan_in, fan_out = self.modules[name]
+        return int(fan_in), int(fan_out)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> "GeneratorConfig":
+        return cls(**json.loads(Path(path).read_text()))
+
+    @classmethod
+    def for_base(cls, base, target_modules: tuple[str, ...] = ("q_proj", "v_proj", "down_proj"), **kw) -> "GeneratorConfig":
+        """Read module shapes off a loaded base model (any HF causal LM with `model.layers.N.*`)."""
+        shapes = base.linear_shapes()
+        modules = {}
+        for name in target_modules:
+            path = next((p for p in shapes if p.startswith("model.layers.0.") and p.endswith("." + name)), None)
+            if path is None:
+                raise ValueError(f"base model has no module {name!r} in its first layer")
+            fan_in, fan_out = shapes[path]
+            modules[name] = [path.replace("model.layers.0.", "model.layers.{layer}.", 1), fan_in, fan_out]
+        return cls(base_model=base.model_id, num_layers=base.num_layers, hidden_size=base.config.hidden_size,
+                   modules=modules, **kw)

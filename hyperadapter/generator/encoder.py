@@ -1,0 +1,57 @@
+"""Context features from the frozen base model itself, read in independent chunks.
+
+The base runs only up to `feature_layer` (a view that shares the base's first layers; nothing is
+copied) over chunks of at most `chunk_tokens` tokens. Chunks never attend to each other, so a
+context's features do not depend on how it was delivered: this is what lets a conversation be
+extended message by message with the same result as reading it whole.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import torch
+from torch import Tensor, nn
+
+from hyperadapter.base import Base
+
+
+class TokenFeatures:
+    """`__call__(chunks) -> (features [n, T, hidden], mask [n, T])` with no gradients."""
+
+    def __init__(self, base: Base, layer: int):
+        self.base = base
+        self.layer = layer
+        self.pad_id = base.tokenizer.pad_token_id
+        inner = getattr(base.model, "model", None)
+        self.view = None
+        if inner is not None and isinstance(getattr(inner, "layers", None), nn.ModuleList):
+            # a shallow copy with its own module table: the same layer objects, only the first `layer`
+            view = copy.copy(inner)
+            view._modules = dict(inner._modules)
+            view._modules["layers"] = nn.ModuleList(list(inner.layers)[:layer])
+            self.view = view
+        self._lock = threading.Lock()
+
+    @torch.no_grad()
+    def __call__(self, chunks: list[list[int]], batch_size: int = 8) -> tuple[Tensor, Tensor]:
+        if not chunks:
+            hidden = self.base.config.hidden_size
+            return torch.zeros(0, 0, hidden), torch.zeros(0, 0, dtype=torch.long)
+        length = max(len(c) for c in chunks)
+        ids = torch.full((len(chunks), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(chunks), length, dtype=torch.long)
+        for i, c in enumerate(chunks):
+            ids[i, :len(c)] = torch.tensor(c, dtype=torch.long)
+            mask[i, :len(c)] = 1
+        outs = []
+        for s in range(0, len(chunks), batch_size):
+            outs.append(self._forward(ids[s:s + batch_size], mask[s:s + batch_size]))
+        return torch.cat(outs), mask
+
+    def _forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        if self.view is not None:
+            return self.view(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        out = self.base.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+        return out.hidden_states[self.layer]

@@ -1,0 +1,278 @@
+"""The generator: context -> Adapter, in one forward pass of the hypernetwork.
+
+`Generator.generate_adapter(context, kind)` and `generate_many([(kind, context), ...])` make
+adapters; `stream(kind)` gives a `ContextStream` that takes a context piece by piece (a user's new
+messages) and can produce the adapter at any time, keeping only a fixed-size state: the attention
+statistics over all complete chunks, the last incomplete chunk's tokens (< chunk_tokens), and the
+running sentence-embedding sum. Appending never re-reads old text, and the adapter after any
+sequence of appends equals the one made from all segments at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from hyperadapter.adapter import Adapter
+from hyperadapter.base import Base
+from hyperadapter.generator.config import KIND_IDS, GeneratorConfig
+from hyperadapter.generator.encoder import TokenFeatures
+from hyperadapter.generator.hypernet import AttentionState, HyperNetwork
+
+WEIGHTS = "generator.safetensors"
+CONFIG = "generator_config.json"
+
+
+class GeneratorError(ValueError):
+    pass
+
+
+def check_kind(kind: str) -> int:
+    if kind not in KIND_IDS:
+        raise GeneratorError(f"unknown context kind {kind!r}; use one of {', '.join(KIND_IDS)}")
+    return KIND_IDS[kind]
+
+
+@dataclass
+class ContextStream:
+    """A context being read incrementally. Only `committed` chunks are final; the tail is re-read
+    (at most chunk_tokens tokens) whenever an adapter is requested or more text arrives."""
+
+    kind: str
+    committed: AttentionState
+    tail: list[int] = field(default_factory=list)
+    sentence_sum: Tensor = field(default_factory=lambda: torch.zeros(384))
+    sentence_weight: float = 0.0
+    n_tokens: int = 0
+    n_segments: int = 0
+
+    def to_tensors(self) -> tuple[dict[str, Tensor], dict[str, str]]:
+        tensors = self.committed.tensors("state.")
+        tensors["tail"] = torch.tensor(self.tail, dtype=torch.long)
+        tensors["sentence_sum"] = self.sentence_sum
+        meta = {"kind": self.kind, "sentence_weight": repr(self.sentence_weight),
+                "n_tokens": str(self.n_tokens), "n_segments": str(self.n_segments)}
+        return tensors, meta
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, str]) -> "ContextStream":
+        state = AttentionState(tensors["state.max"], tensors["state.norm"], tensors["state.sum"])
+        return cls(kind=meta["kind"], committed=state, tail=tensors["tail"].tolist(),
+                   sentence_sum=tensors["sentence_sum"], sentence_weight=float(meta["sentence_weight"]),
+                   n_tokens=int(meta["n_tokens"]), n_segments=int(meta["n_segments"]))
+
+
+class Generator:
+    def __init__(self, config: GeneratorConfig, hypernet: HyperNetwork, base: Base, sentence_encoder=None,
+                 name: str = "untrained"):
+        if config.base_model != base.model_id:
+            raise GeneratorError(f"generator was trained for {config.base_model!r}, base is {base.model_id!r}")
+        self.config = config
+        self.hypernet = hypernet
+        self.base = base
+        self.sentence_encoder = sentence_encoder
+        self.features = TokenFeatures(base, config.feature_layer)
+        self.name = name
+
+    # ------------------------------------------------------------ construction and files
+    @classmethod
+    def fresh(cls, base: Base, sentence_encoder=None, seed: int = 0, **config_overrides) -> "Generator":
+        target = config_overrides.pop("target_modules", ("q_proj", "v_proj", "down_proj"))
+        config = GeneratorConfig.for_base(base, tuple(target), **config_overrides)
+        torch.manual_seed(seed)
+        return cls(config, HyperNetwork(config), base, sentence_encoder)
+
+    def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp_weights = directory / (WEIGHTS + ".tmp")
+        state = {k: v.detach().contiguous() for k, v in self.hypernet.state_dict().items()}
+        save_file(state, tmp_weights, metadata={"format": "pt", "extra": json.dumps(extra or {})})
+        tmp_weights.replace(directory / WEIGHTS)
+        tmp_config = directory / (CONFIG + ".tmp")
+        self.config.save(tmp_config)
+        tmp_config.replace(directory / CONFIG)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, base: Base, sentence_encoder=None) -> "Generator":
+        directory = Path(directory)
+        if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
+            raise GeneratorError(f"{directory} is not a generator checkpoint (needs {CONFIG} and {WEIGHTS})")
+        config = GeneratorConfig.load(directory / CONFIG)
+        hypernet = HyperNetwork(config)
+        hypernet.load_state_dict(load_file(directory / WEIGHTS))
+        hypernet.eval().requires_grad_(False)
+        digest = hashlib.sha256((directory / WEIGHTS).read_bytes()).hexdigest()[:12]
+        return cls(config, hypernet, base, sentence_encoder, name=f"{directory.name}@{digest}")
+
+    # ------------------------------------------------------------ tokens and features
+    def segment_tokens(self, segment: str) -> list[int]:
+        return self.base.tokenizer(segment, add_special_tokens=False)["input_ids"]
+
+    def _sentence(self, segments: Sequence[str]) -> tuple[Tensor, float]:
+        """Sum of segment embeddings weighted by length, and the total weight."""
+        if self.sentence_encoder is None or not self.config.use_sentence or not segments:
+            return torch.zeros(self.config.sentence_dim), 0.0
+        vectors = self.sentence_encoder.encode(list(segments))
+        weights = torch.tensor([float(max(1, len(s))) for s in segments])
+        return (vectors * weights[:, None]).sum(0), float(weights.sum())
+
+    def _absorb_chunks(self, states: AttentionState, chunks_per_row: list[list[list[int]]]) -> AttentionState:
+        """Fold each row's chunks (token id lists) into its state; chunks are encoded in one batch."""
+        if not self.config.use_tokens:
+            return states
+        flat = [c for chunks in chunks_per_row for c in chunks]
+        if not flat:
+            return states
+        feats, mask = self.features(flat)
+        # regroup: a row's chunks side by side become one long token axis (softmax over all is the same)
+        rows = []
+        i = 0
+        width = max(len(chunks) for chunks in chunks_per_row) * feats.shape[1]
+        for chunks in chunks_per_row:
+            n = len(chunks)
+            f = feats[i:i + n].reshape(1, -1, feats.shape[-1])
+            m = mask[i:i + n].reshape(1, -1)
+            pad = width - f.shape[1]
+            rows.append((torch.nn.functional.pad(f, (0, 0, 0, pad)), torch.nn.functional.pad(m, (0, pad))))
+            i += n
+        f = torch.cat([r[0] for r in rows])
+        m = torch.cat([r[1] for r in rows])
+        return self.hypernet.absorb(states, f, m)
+
+    def _chunks(self, tokens: list[int]) -> tuple[list[list[int]], list[int]]:
+        """Complete chunks, and the incomplete tail."""
+        size = self.config.chunk_tokens
+        n_full = len(tokens) // size
+        return [tokens[i * size:(i + 1) * size] for i in range(n_full)], tokens[n_full * size:]
+
+    # ------------------------------------------------------------ streaming
+    def stream(self, kind: str) -> ContextStream:
+        check_kind(kind)
+        with torch.no_grad():
+            state = self.hypernet.init_state(1)
+        return ContextStream(kind=kind, committed=state, sentence_sum=torch.zeros(self.config.sentence_dim))
+
+    @torch.no_grad()
+    def append(self, stream: ContextStream, segments: Sequence[str]) -> ContextStream:
+        """Read more of a context. Cost: the new text plus at most one chunk of old tail."""
+        tokens = list(stream.tail)
+        for s in segments:
+            tokens += self.segment_tokens(s)
+        full, tail = self._chunks(tokens)
+        committed = self._absorb_chunks(stream.committed, [full])
+        sent, weight = self._sentence(segments)
+        return ContextStream(kind=stream.kind, committed=committed.detach(), tail=tail,
+                             sentence_sum=stream.sentence_sum + sent, sentence_weight=stream.sentence_weight + weight,
+                             n_tokens=stream.n_tokens + len(tokens) - len(stream.tail),
+                             n_segments=stream.n_segments + len(segments))
+
+    @torch.no_grad()
+    def adapter_from_stream(self, stream: ContextStream, metadata: dict | None = None) -> Adapter:
+        return self._adapters_from_streams([stream], [metadata or {}])[0]
+
+    def _adapters_from_streams(self, streams: list[ContextStream], metadatas: list[dict]) -> list[Adapter]:
+        states = AttentionState.cat([s.committed for s in streams])
+        states = self._absorb_chunks(states, [[s.tail] if s.tail else [] for s in streams])
+        sentence = torch.stack([s.sentence_sum / max(s.sentence_weight, 1e-9) for s in streams])
+        sentence = torch.nn.functional.normalize(sentence, dim=-1)
+        kinds = torch.tensor([check_kind(s.kind) for s in streams])
+        factors = self.hypernet.factors(states, sentence, kinds)
+        return [self._to_adapter(factors, i, {"kind": s.kind, "generator": self.name, **md})
+                for i, (s, md) in enumerate(zip(streams, metadatas))]
+
+    # ------------------------------------------------------------ one-shot
+    @torch.no_grad()
+    def generate_adapter(self, context: str | Sequence[str], kind: str, metadata: dict | None = None) -> Adapter:
+        return self.generate_many([(kind, context)], [metadata or {}])[0]
+
+    @torch.no_grad()
+    def generate_many(self, items: Sequence[tuple[str, str | Sequence[str]]],
+                      metadatas: Sequence[dict] | None = None) -> list[Adapter]:
+        """Batched generation: all contexts' chunks go through the base together."""
+        if not items:
+            return []
+        segments_per_item = [[c] if isinstance(c, str) else list(c) for _, c in items]
+        for (kind, _), segs in zip(items, segments_per_item):
+            check_kind(kind)
+            if not any(s.strip() for s in segs):
+                raise GeneratorError("context is empty")
+        streams = []
+        all_chunks = []
+        sentence_inputs = []
+        for (kind, _), segs in zip(items, segments_per_item):
+            tokens = [t for s in segs for t in self.segment_tokens(s)]
+            full, tail = self._chunks(tokens)
+            all_chunks.append(full + ([tail] if tail else []))
+            sentence_inputs.append(segs)
+            streams.append(kind)
+        states = self.hypernet.init_state(len(items))
+        states = self._absorb_chunks(states, all_chunks)
+        sentence = torch.zeros(len(items), self.config.sentence_dim)
+        if self.sentence_encoder is not None and self.config.use_sentence:
+            flat = [s for segs in sentence_inputs for s in segs]
+            vecs = self.sentence_encoder.encode(flat)
+            i = 0
+            for row, segs in enumerate(sentence_inputs):
+                w = torch.tensor([float(max(1, len(s))) for s in segs])
+                sentence[row] = (vecs[i:i + len(segs)] * w[:, None]).sum(0) / w.sum()
+                i += len(segs)
+            sentence = torch.nn.functional.normalize(sentence, dim=-1)
+        kinds = torch.tensor([KIND_IDS[k] for k in streams])
+        factors = self.hypernet.factors(states, sentence, kinds)
+        metadatas = list(metadatas or [{}] * len(items))
+        return [self._to_adapter(factors, i, {"kind": kind, "generator": self.name, **md})
+                for i, (kind, md) in enumerate(zip(streams, metadatas))]
+
+    # ------------------------------------------------------------ helpers
+    def _to_adapter(self, factors: dict[str, tuple[Tensor, Tensor]], row: int, metadata: dict) -> Adapter:
+        weights = {}
+        for m, (a, b) in factors.items():
+            for layer in range(self.config.num_layers):
+                weights[self.config.module_path(m, layer)] = (a[row, layer].contiguous().clone(),
+                                                             b[row, layer].contiguous().clone())
+        return Adapter(weights, alpha=self.config.alpha, base_model=self.config.base_model,
+                       metadata={k: str(v) for k, v in metadata.items()})
+
+    def runtime_factors(self, factors: dict[str, tuple[Tensor, Tensor]]) -> dict[str, tuple[Tensor, Tensor]]:
+        """Hypernet output -> per-module-path factors for `LoraRuntime.activate(factors=...)`, with the
+        LoRA scaling folded into B (differentiable: used in training)."""
+        scaling = self.config.alpha / self.config.rank
+        out = {}
+        for m, (a, b) in factors.items():
+            for layer in range(self.config.num_layers):
+                out[self.config.module_path(m, layer)] = (a[:, layer], b[:, layer] * scaling)
+        return out
+
+    @torch.no_grad()
+    def context_features(self, contexts: Sequence[Sequence[str]]) -> list[tuple[Tensor, Tensor]]:
+        """Per context (given as segments): (features [T, H] fp16, mask [T]), chunked as everywhere
+        else, with all contexts' chunks in one batched pass through the base."""
+        per_context = []
+        for segments in contexts:
+            tokens = [t for s in segments for t in self.segment_tokens(s)]
+            full, tail = self._chunks(tokens)
+            per_context.append(full + ([tail] if tail else []))
+        flat = [c for chunks in per_context for c in chunks]
+        out = []
+        if flat:
+            feats, mask = self.features(flat)
+        i = 0
+        for chunks in per_context:
+            n = len(chunks)
+            if n == 0:
+                out.append((torch.zeros(0, self.config.hidden_size, dtype=torch.float16), torch.zeros(0, dtype=torch.long)))
+                continue
+            f, m = feats[i:i + n], mask[i:i + n]
+            keep = m.reshape(-1).bool()
+            out.append((f.reshape(-1, f.shape[-1])[keep].half(), torch.ones(int(keep.sum()), dtype=torch.long)))
+            i += n
+        return out

@@ -1,0 +1,82 @@
+"""Sampling training examples: a context, and queries about it whose answers the adapted model must
+give without seeing the context.
+
+Objectives by kind: supervised answers for all four kinds; for documents, also self-supervised
+continuation of the passage's own text (a few words of it as the cue, the next words as the
+target). Demonstration sets are drawn from a task's examples in a few fixed variants per task, so
+their features can be cached like any other context's.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from hyperadapter.data.builders import DEMOS, format_demonstrations
+from hyperadapter.data.schema import ContextRecord, Query
+
+DEMO_VARIANTS = 8
+
+
+@dataclass
+class Example:
+    kind: str
+    context_key: str  # identifies the exact context text (features are cached under it)
+    context: str
+    input: str
+    target: str
+    objective: str  # "supervised" | "selfsup"
+
+
+class ExampleSampler:
+    def __init__(self, records: dict[str, list[ContextRecord]], kind_weights: dict[str, float],
+                 seed: int = 0, selfsup_share: float = 0.25):
+        self.records = {k: v for k, v in records.items() if v and kind_weights.get(k, 0) > 0}
+        if not self.records:
+            raise ValueError("no training records for any kind with a positive weight")
+        self.kinds = sorted(self.records)
+        self.weights = [kind_weights[k] for k in self.kinds]
+        self.rng = random.Random(seed)
+        self.selfsup_share = selfsup_share
+
+    def sample(self, n_contexts: int, queries_per_context: int) -> list[Example]:
+        out: list[Example] = []
+        for kind in self.rng.choices(self.kinds, self.weights, k=n_contexts):
+            record = self.rng.choice(self.records[kind])
+            out.extend(self.examples_for(record, queries_per_context))
+        return out
+
+    def examples_for(self, record: ContextRecord, n: int) -> list[Example]:
+        kind = record.kind
+        if kind == "demonstrations":
+            return self._demonstrations(record, n)
+        pool: list[Query] = record.queries + record.support
+        out = []
+        for _ in range(n):
+            if kind == "document" and self.rng.random() < self.selfsup_share:
+                cue, target = self._continuation(record.context)
+                if cue:
+                    out.append(Example(kind, record.id, record.context, f"Continue the text: {cue}", target, "selfsup"))
+                    continue
+            q = self.rng.choice(pool)
+            out.append(Example(kind, record.id, record.context, q.input, q.target, "supervised"))
+        return out
+
+    def _demonstrations(self, record: ContextRecord, n: int) -> list[Example]:
+        variant = self.rng.randrange(DEMO_VARIANTS)
+        pool = record.queries + record.support
+        vr = random.Random(f"{record.id}:{variant}")
+        short = [q for q in pool if len(q.input) <= 400] or pool
+        demos = vr.sample(short, min(DEMOS, len(short)))
+        rest = [q for q in pool if q not in demos] or pool
+        context = format_demonstrations(demos)
+        key = f"{record.id}#{variant}"
+        return [Example("demonstrations", key, context, q.input, q.target, "supervised")
+                for q in (self.rng.choice(rest) for _ in range(n))]
+
+    def _continuation(self, text: str, cue_words: int = 6, target_words: int = 12) -> tuple[str, str]:
+        words = text.split()
+        if len(words) < cue_words + target_words + 1:
+            return "", ""
+        i = self.rng.randrange(0, len(words) - cue_words - target_words)
+        return " ".join(words[i:i + cue_words]), " ".join(words[i + cue_words:i + cue_words + target_words])

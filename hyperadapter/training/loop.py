@@ -1,0 +1,235 @@
+"""The generator's training loop, on `accelerate`: one process here, the same code under
+`accelerate launch` on many.
+
+Each step samples contexts of mixed kinds, builds their adapters with the hypernetwork (context
+features come from a cache: the base is frozen, so a context's features never change), applies
+them through the runtime to prompts that do NOT contain the context, and minimises the answer loss
+(plus, optionally, KL to the base that sees the context). Checkpoints hold the accelerate state (for
+resume) and a plain generator folder (for use); the loss and validation figures go to log.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from hyperadapter.base import load_base
+from hyperadapter.config import load_settings
+from hyperadapter.data.prompts import context_prompt, query_prompt
+from hyperadapter.data.schema import KINDS, load_split
+from hyperadapter.embedding import SentenceEncoder
+from hyperadapter.generator import Generator
+from hyperadapter.generator.config import KIND_IDS
+from hyperadapter.runtime import LoraRuntime
+from hyperadapter.training.examples import Example, ExampleSampler
+from hyperadapter.training.objectives import answer_loss, distill_loss, encode_pairs, truncate_input
+from hyperadapter.training.recipe import Recipe
+
+
+class FeatureCache:
+    """LRU of per-context (token features fp16, mask) and sentence embeddings."""
+
+    def __init__(self, generator: Generator, max_items: int):
+        self.generator = generator
+        self.max_items = max_items
+        self.items: OrderedDict[str, tuple] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, examples: list[Example]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        missing = [e for e in dict.fromkeys(e.context_key for e in examples) if e not in self.items]
+        by_key = {e.context_key: e for e in examples}
+        if missing:
+            self.misses += len(missing)
+            sentences = (self.generator.sentence_encoder.encode([by_key[k].context for k in missing])
+                         if self.generator.sentence_encoder is not None else torch.zeros(len(missing), 384))
+            features = self.generator.context_features([[by_key[k].context] for k in missing])
+            for key, sentence, feats in zip(missing, sentences, features):
+                self.items[key] = (feats, sentence)
+        self.hits += len(examples) - len(missing)
+        out_feats, out_sent = [], []
+        for e in examples:
+            self.items.move_to_end(e.context_key)
+            feats, sentence = self.items[e.context_key]
+            out_feats.append(feats)
+            out_sent.append(sentence)
+        while len(self.items) > self.max_items:
+            self.items.popitem(last=False)
+        return out_feats, torch.stack(out_sent)
+
+
+def _pad_features(features: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(f.shape[0] for f, _ in features))
+    feats = torch.stack([torch.nn.functional.pad(f.float(), (0, 0, 0, width - f.shape[0])) for f, _ in features])
+    mask = torch.stack([torch.nn.functional.pad(m, (0, width - m.shape[0])) for _, m in features])
+    return feats, mask
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.recipe = recipe
+        if recipe.threads:
+            torch.set_num_threads(recipe.threads)
+        self.accelerator = Accelerator(cpu=True)
+        set_seed(recipe.seed + self.accelerator.process_index)
+        settings = load_settings()
+        self.out = Path(recipe.out_dir)
+        self.base = load_base(recipe.base_model, settings.models_dir)
+        self.runtime = LoraRuntime(self.base)
+        encoder = SentenceEncoder()
+        if recipe.init_from:
+            self.generator = Generator.from_pretrained(recipe.init_from, self.base, encoder)
+            self.generator.hypernet.requires_grad_(True)
+        else:
+            self.generator = Generator.fresh(self.base, encoder, seed=recipe.seed, **recipe.generator)
+        data_dir = Path(recipe.data_dir) if recipe.data_dir else settings.prepared_data_dir
+        train = {k: load_split(data_dir, "train", k) for k in KINDS if recipe.kind_weights.get(k, 0) > 0}
+        self.sampler = ExampleSampler(train, recipe.kind_weights, seed=recipe.seed + 1000 * self.accelerator.process_index,
+                                      selfsup_share=recipe.selfsup_share)
+        val = {k: load_split(data_dir, "validation", k) for k in train}
+        self.val_examples = self._fixed_examples(val)
+        self.cache = FeatureCache(self.generator, recipe.feature_cache_items)
+        params = [p for p in self.generator.hypernet.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
+            self.generator.hypernet, self.optimizer, self.scheduler)
+        self.step = 0
+
+    def _lr_factor(self, step: int) -> float:
+        r = self.recipe
+        if step < r.warmup_steps:
+            return (step + 1) / r.warmup_steps
+        progress = (step - r.warmup_steps) / max(1, r.steps - r.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def _fixed_examples(self, val: dict) -> dict[str, list[Example]]:
+        sampler = ExampleSampler(val, {k: 1.0 for k in val}, seed=12345, selfsup_share=0.0)
+        r = self.recipe
+        n = r.eval_batches * r.contexts_per_batch
+        out = {}
+        for kind, records in val.items():
+            rng = random.Random(kind)
+            picked = rng.sample(records, min(n, len(records)))
+            out[kind] = [e for rec in picked for e in sampler.examples_for(rec, r.queries_per_context)]
+        return out
+
+    # ------------------------------------------------------------ one step
+    def losses(self, examples: list[Example], with_distill: bool) -> dict[str, torch.Tensor]:
+        r = self.recipe
+        features, sentences = self.cache.get(examples)
+        feats, mask = _pad_features(features)
+        kinds = torch.tensor([KIND_IDS[e.kind] for e in examples])
+        factors = self.model(feats, mask, sentences, kinds, use_tokens=self.generator.config.use_tokens)
+        runtime_factors = self.generator.runtime_factors(factors)
+        inputs = [truncate_input(self.base, e.input, r.max_prompt_tokens) for e in examples]
+        student = encode_pairs(self.base, [query_prompt(self.base, x) for x in inputs],
+                               [e.target for e in examples], r.max_target_tokens)
+        out = {"answer": answer_loss(self.base, self.runtime, student, runtime_factors)}
+        if with_distill and r.distill_weight > 0:
+            teacher = encode_pairs(self.base, [context_prompt(self.base, e.kind, e.context, x)
+                                               for e, x in zip(examples, inputs)],
+                                   [e.target for e in examples], r.max_target_tokens)
+            out["distill"] = distill_loss(self.base, self.runtime, student, teacher, runtime_factors)
+        out["total"] = out["answer"] + r.distill_weight * out.get("distill", torch.zeros(()))
+        return out
+
+    def train_step(self) -> dict[str, float]:
+        r = self.recipe
+        self.model.train()
+        examples = self.sampler.sample(r.contexts_per_batch, r.queries_per_context)
+        losses = self.losses(examples, with_distill=r.distill_every > 0 and self.step % r.distill_every == 0)
+        self.accelerator.backward(losses["total"])
+        if r.grad_clip:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), r.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+        self.step += 1
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Answer loss on fixed validation contexts, with generated adapters and with the base alone."""
+        self.model.eval()
+        out = {}
+        n = self.recipe.contexts_per_batch * self.recipe.queries_per_context
+        for kind, examples in self.val_examples.items():
+            gen, base = [], []
+            for s in range(0, len(examples), n):
+                chunk = examples[s:s + n]
+                gen.append(self.losses(chunk, with_distill=False)["answer"])
+                prompts = [query_prompt(self.base, truncate_input(self.base, e.input, self.recipe.max_prompt_tokens))
+                           for e in chunk]
+                batch = encode_pairs(self.base, prompts, [e.target for e in chunk], self.recipe.max_target_tokens)
+                base.append(answer_loss(self.base, self.runtime, batch, None))
+            out[f"val_{kind}"] = float(torch.stack(gen).mean())
+            out[f"val_{kind}_base"] = float(torch.stack(base).mean())
+        return out
+
+    # ------------------------------------------------------------ checkpoints
+    def save(self, final: bool = False) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            state_dir = self.out / "state"
+            self.accelerator.save_state(str(state_dir))
+            (self.out / "step.json").write_text(json.dumps({"step": self.step}))
+            hypernet = self.accelerator.unwrap_model(self.model)
+            self.generator.hypernet = hypernet
+            self.generator.save_pretrained(self.out / "generator", extra={"step": self.step, "final": final})
+        self.accelerator.wait_for_everyone()
+
+    def maybe_resume(self) -> None:
+        step_file = self.out / "step.json"
+        if step_file.is_file() and (self.out / "state").is_dir():
+            self.accelerator.load_state(str(self.out / "state"))
+            self.step = json.loads(step_file.read_text())["step"]
+            self.sampler.rng.seed(self.recipe.seed + self.step + 1000 * self.accelerator.process_index)
+            self.accelerator.print(f"resumed from step {self.step}")
+
+    def log(self, record: dict) -> None:
+        if self.accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def run(self) -> Path:
+        r = self.recipe
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "recipe.json").write_text(json.dumps(r.__dict__, indent=2, default=str))
+        self.maybe_resume()
+        bar = tqdm(total=r.steps, initial=self.step, desc="train", disable=not self.accelerator.is_main_process)
+        running: dict[str, float] = {}
+        start = time.time()
+        while self.step < r.steps:
+            losses = self.train_step()
+            for k, v in losses.items():
+                running[k] = 0.9 * running.get(k, v) + 0.1 * v
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in running.items() if k != "total"})
+            if self.step % r.log_every == 0:
+                self.log({"step": self.step, "time": round(time.time() - start, 1), **losses,
+                          "lr": self.scheduler.get_last_lr()[0], "cache_hits": self.cache.hits,
+                          "cache_misses": self.cache.misses})
+            if r.eval_every and self.step % r.eval_every == 0:
+                metrics = self.validate()
+                self.log({"step": self.step, **metrics})
+                bar.write(" ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+            if r.save_every and self.step % r.save_every == 0:
+                self.save()
+        bar.close()
+        self.save(final=True)
+        return self.out / "generator"
+
+
+def train(recipe: Recipe) -> Path:
+    return Trainer(recipe).run()

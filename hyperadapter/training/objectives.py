@@ -1,0 +1,86 @@
+"""Losses on the frozen base with adapters applied through the runtime's hooks.
+
+Only the answer positions go through the LM head (a 49k-word head on every prompt token would cost
+more than the rest of the step). `answer_loss` is the supervised/self-supervised cross-entropy,
+averaged per row then over rows; `distill_loss` is KL(teacher || student) on the answer tokens,
+the teacher being the base with the context in its prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hyperadapter.base import Base
+from hyperadapter.runtime import LoraRuntime
+
+
+@dataclass
+class Batch:
+    input_ids: Tensor  # [B, T] right-padded
+    attention_mask: Tensor
+    labels: Tensor  # [B, T]: the token ids at answer positions, -100 elsewhere
+
+
+def truncate_input(base: Base, text: str, max_tokens: int) -> str:
+    """Keep the end of an over-long input (questions and instructions tend to come last)."""
+    ids = base.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= max_tokens else base.tokenizer.decode(ids[-max_tokens:])
+
+
+def encode_pairs(base: Base, prompts: list[str], targets: list[str], max_target_tokens: int = 48) -> Batch:
+    """Chat-formatted prompts + answers (ending in EOS) -> a right-padded batch with answer labels."""
+    tok = base.tokenizer
+    rows = []
+    for prompt, target in zip(prompts, targets):
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        t = tok(target, add_special_tokens=False)["input_ids"][:max_target_tokens] + [tok.eos_token_id]
+        rows.append((p, t))
+    length = max(len(p) + len(t) for p, t in rows)
+    ids = torch.full((len(rows), length), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    labels = torch.full((len(rows), length), -100, dtype=torch.long)
+    for i, (p, t) in enumerate(rows):
+        n = len(p) + len(t)
+        ids[i, :n] = torch.tensor(p + t)
+        mask[i, :n] = 1
+        labels[i, len(p):n] = torch.tensor(t)
+    return Batch(ids, mask, labels)
+
+
+def answer_logits(base: Base, runtime: LoraRuntime, batch: Batch, factors=None) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (logits [n_answer_tokens, vocab], their labels, row index of each) under the given factors."""
+    with runtime.activate(factors=factors or {}):
+        hidden = base.model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                  use_cache=False).last_hidden_state
+    target = batch.labels[:, 1:]
+    select = target != -100
+    logits = base.model.lm_head(hidden[:, :-1][select])
+    rows = torch.arange(batch.labels.shape[0])[:, None].expand_as(target)[select]
+    return logits.float(), target[select], rows
+
+
+def _per_row_mean(values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+    sums = torch.zeros(n_rows, dtype=values.dtype).index_add(0, rows, values)
+    counts = torch.zeros(n_rows, dtype=values.dtype).index_add(0, rows, torch.ones_like(values))
+    return (sums / counts.clamp(min=1)).mean()
+
+
+def answer_loss(base: Base, runtime: LoraRuntime, batch: Batch, factors=None) -> Tensor:
+    logits, labels, rows = answer_logits(base, runtime, batch, factors)
+    return _per_row_mean(F.cross_entropy(logits, labels, reduction="none"), rows, batch.labels.shape[0])
+
+
+def distill_loss(base: Base, runtime: LoraRuntime, student: Batch, teacher: Batch, factors) -> Tensor:
+    """KL(teacher || student) over the vocabulary at each answer token (teacher-forced on the answer)."""
+    with torch.no_grad():
+        t_logits, t_labels, _ = answer_logits(base, runtime, teacher, None)
+    s_logits, s_labels, rows = answer_logits(base, runtime, student, factors)
+    if not torch.equal(t_labels, s_labels):
+        raise RuntimeError("teacher and student answers differ; encode both with the same targets")
+    kl = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True,
+                  reduction="none").sum(-1)
+    return _per_row_mean(kl, rows, student.labels.shape[0])

@@ -1,0 +1,57 @@
+"""Training recipes: one TOML file per run, read into a dataclass (unknown keys are an error)."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Recipe:
+    out_dir: str = "runs/generator"
+    data_dir: str = ""  # default: <data_root>/data
+    base_model: str = "default"
+    seed: int = 0
+    steps: int = 4000
+    contexts_per_batch: int = 4
+    queries_per_context: int = 2
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    max_prompt_tokens: int = 320
+    max_target_tokens: int = 48
+    # share of contexts per kind in a batch
+    kind_weights: dict[str, float] = field(default_factory=lambda: {
+        "task": 0.3, "demonstrations": 0.15, "document": 0.35, "conversation": 0.2})
+    # objectives: supervised answers; self-supervised continuation of document text (share of
+    # document queries); context distillation from the base that sees the context (KL weight, and
+    # the share of steps that pay for the teacher's forward pass)
+    selfsup_share: float = 0.25
+    distill_weight: float = 0.0
+    distill_every: int = 4
+    # generator architecture (GeneratorConfig fields)
+    generator: dict = field(default_factory=dict)
+    init_from: str = ""  # start from an existing generator checkpoint
+    # bookkeeping
+    log_every: int = 10
+    eval_every: int = 250
+    eval_batches: int = 4
+    save_every: int = 250
+    feature_cache_items: int = 20000
+    threads: int = 0
+
+
+def load_recipe(path: str | Path, **overrides) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} does not exist")
+    raw = tomllib.loads(path.read_text())
+    names = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = set(raw) - names
+    if unknown:
+        raise ValueError(f"recipe {path}: unknown keys {sorted(unknown)}")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return Recipe(**raw)

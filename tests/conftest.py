@@ -1,0 +1,43 @@
+"""Shared fixtures: the real default base model (converted once into the user's cache, as in
+production), the runtime on it, and helpers that make small real adapters."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def base():
+    from hyperadapter.base import load_base
+    return load_base("default")
+
+
+@pytest.fixture(scope="session")
+def runtime(base):
+    from hyperadapter.runtime import LoraRuntime
+    return LoraRuntime(base)
+
+
+@pytest.fixture(scope="session")
+def sentence_encoder():
+    from hyperadapter.embedding import SentenceEncoder
+    return SentenceEncoder()
+
+
+def make_adapter(base, seed: int, modules=("q_proj", "v_proj"), rank: int = 8, scale: float = 0.05,
+                 alpha: float = 16.0):
+    """A random adapter with the real shapes of `base` (nonzero A and B, so it changes outputs)."""
+    from hyperadapter.adapter import Adapter
+    g = torch.Generator().manual_seed(seed)
+    weights = {}
+    for name, (fan_in, fan_out) in base.linear_shapes().items():
+        if name.rsplit(".", 1)[-1] in modules:
+            weights[name] = (torch.randn(rank, fan_in, generator=g) * scale,
+                             torch.randn(fan_out, rank, generator=g) * scale)
+    return Adapter(weights, alpha, base.model_id, {"seed": str(seed)})

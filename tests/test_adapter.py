@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import torch
+
+from hyperadapter.adapter import Adapter, AdapterError
+from tests.conftest import make_adapter
+
+
+def test_save_load_roundtrip_is_exact(base, tmp_path):
+    adapter = make_adapter(base, 0)
+    adapter.metadata["kind"] = "task"
+    adapter.save(tmp_path / "a")
+    loaded = Adapter.load(tmp_path / "a")
+    assert loaded.alpha == adapter.alpha and loaded.rank == 8 and loaded.base_model == base.model_id
+    assert loaded.metadata == adapter.metadata
+    assert loaded.target_modules == ["q_proj", "v_proj"]
+    for name, (a, b) in adapter.weights.items():
+        assert torch.equal(loaded.weights[name][0], a) and torch.equal(loaded.weights[name][1], b)
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 8 and config["lora_alpha"] == 16.0
+
+
+def test_save_replaces_atomically_and_leaves_no_temp(base, tmp_path):
+    make_adapter(base, 0).save(tmp_path / "a")
+    make_adapter(base, 1).save(tmp_path / "a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    assert Adapter.load(tmp_path / "a").metadata["seed"] == "1"
+
+
+def _first(adapter):
+    return next(iter(adapter.weights))
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda ad, m: ad.weights.__setitem__(m, (ad.weights[m][0][:, :100], ad.weights[m][1])), "do not fit"),
+    (lambda ad, m: ad.weights.__setitem__("model.layers.0.self_attn.nope_proj", ad.weights[m]), "no such linear module"),
+    (lambda ad, m: ad.weights[m][0].__setitem__((0, 0), float("nan")), "NaN or Inf"),
+    (lambda ad, m: ad.weights[m][1].__setitem__((0, 0), float("inf")), "NaN or Inf"),
+    (lambda ad, m: setattr(ad, "base_model", "someone/else"), "made for base model"),
+    (lambda ad, m: ad.weights.__setitem__(m, (torch.zeros(300, ad.weights[m][0].shape[1]),
+                                              torch.zeros(ad.weights[m][1].shape[0], 300))), "rank 300"),
+    (lambda ad, m: ad.weights.__setitem__(m, (ad.weights[m][0], ad.weights[m][1][:, :4])), "has 4"),
+    (lambda ad, m: setattr(ad, "alpha", -1.0), "lora_alpha"),
+])
+def test_validation_names_the_problem(base, breakage, message):
+    adapter = make_adapter(base, 0)
+    breakage(adapter, _first(adapter))
+    with pytest.raises(AdapterError, match=message):
+        adapter.validate(base.linear_shapes(), base_model=base.model_id)
+
+
+def test_load_rejects_broken_folders(base, tmp_path):
+    with pytest.raises(AdapterError, match="not a PEFT adapter folder"):
+        Adapter.load(tmp_path)
+    make_adapter(base, 0).save(tmp_path / "a")
+    (tmp_path / "a" / "adapter_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(AdapterError, match="cannot read safetensors"):
+        Adapter.load(tmp_path / "a")
+    make_adapter(base, 0).save(tmp_path / "b")
+    cfg = json.loads((tmp_path / "b" / "adapter_config.json").read_text())
+    cfg["use_dora"] = True
+    (tmp_path / "b" / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AdapterError, match="DoRA"):
+        Adapter.load(tmp_path / "b")
+
+
+def test_combine_is_the_weighted_sum_and_compress_keeps_the_best_rank(base):
+    a, b = make_adapter(base, 1), make_adapter(base, 2)
+    m = _first(a)
+    combined = Adapter.combine([(a, 0.25), (b, 0.75)])
+    expected = 0.25 * a.delta_weight(m) + 0.75 * b.delta_weight(m)
+    assert torch.allclose(combined.delta_weight(m), expected, atol=1e-5)
+    # compressing to the full rank keeps the update; to a lower rank it matches the truncated SVD
+    assert torch.allclose(combined.compressed(16).delta_weight(m), expected, atol=1e-4)
+    u, s, vh = torch.linalg.svd(expected)
+    best4 = (u[:, :4] * s[:4]) @ vh[:4]
+    assert torch.allclose(combined.compressed(4).delta_weight(m), best4, atol=1e-4)

@@ -1,0 +1,86 @@
+import hashlib
+
+import pytest
+import torch
+
+from hyperadapter.base import format_prompt
+from hyperadapter.runtime import DecodeBatch, GenerationParams, Row
+from tests.conftest import make_adapter
+
+QUESTIONS = ["What is the capital of France?", "Name a fruit.", "Write a haiku about rain.", "Who wrote Hamlet?",
+             "Count to five.", "What is 2+2?", "Say hello in Spanish.", "Describe the sea in one sentence."]
+
+
+def _fingerprint(model) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def prompts(base):
+    return [format_prompt(base, q) for q in QUESTIONS]
+
+
+def test_mixed_batch_matches_each_adapter_alone_and_leaves_weights_untouched(base, runtime, prompts):
+    before = _fingerprint(base.model)
+    adapters = [make_adapter(base, s, modules=("q_proj", "v_proj", "down_proj"), scale=0.08) for s in range(8)]
+    params = GenerationParams(max_new_tokens=16)
+    batched = runtime.generate(prompts, adapters, params)
+    alone = [runtime.generate([p], [a], params)[0] for p, a in zip(prompts, adapters)]
+    assert batched == alone
+    plain = runtime.generate(prompts, None, params)
+    assert sum(x != y for x, y in zip(batched, plain)) >= 4  # the adapters matter
+    assert _fingerprint(base.model) == before
+
+
+def test_rows_without_adapter_and_mixed_ranks_share_a_batch(base, runtime, prompts):
+    adapters = [make_adapter(base, 10, rank=4, scale=0.1), None, make_adapter(base, 11, rank=16, scale=0.05), None]
+    params = GenerationParams(max_new_tokens=12)
+    batched = runtime.generate(prompts[:4], adapters, params)
+    alone = [runtime.generate([p], [a], params)[0] for p, a in zip(prompts[:4], adapters)]
+    assert batched == alone
+
+
+def test_rows_joining_a_running_batch_get_the_same_tokens(base, runtime, prompts):
+    adapters = [make_adapter(base, s, scale=0.08) for s in range(3)]
+    params = GenerationParams(max_new_tokens=10)
+    alone = [runtime.generate([p], [a], params)[0] for p, a in zip(prompts[:3], adapters)]
+    batch = DecodeBatch(runtime)
+    rows = [Row(runtime.encode(p), a, params) for p, a in zip(prompts[:3], adapters)]
+    batch.add(rows[:1])
+    batch.step(); batch.step()
+    batch.add(rows[1:])  # joins with a different prompt length, mid-flight
+    while batch.rows:
+        batch.step()
+    assert [r.text for r in rows] == alone
+    assert all(r.finish_reason in ("stop", "length") for r in rows)
+
+
+def test_stream_yields_the_same_text_and_stop_strings_cut(base, runtime, prompts):
+    params = GenerationParams(max_new_tokens=20)
+    full = runtime.generate([prompts[0]], None, params)[0]
+    assert "".join(runtime.stream(prompts[0], None, params)) == full
+    word = full.split()[2]
+    cut = runtime.generate([prompts[0]], None, GenerationParams(max_new_tokens=20, stop=[word]))[0]
+    assert word not in cut and full.startswith(cut)
+
+
+def test_sampling_is_reproducible_with_a_seed(base, runtime, prompts):
+    p = GenerationParams(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7)
+    a = runtime.generate(prompts[:2], None, [p, p])
+    b = runtime.generate(prompts[:2], None, [p, p])
+    assert a == b
+    c = runtime.generate(prompts[:2], None, [GenerationParams(max_new_tokens=12, temperature=1.0, seed=8)] * 2)
+    assert c != a
+
+
+def test_invalid_adapter_is_refused_before_decoding(base, runtime, prompts):
+    from hyperadapter.adapter import AdapterError
+    bad = make_adapter(base, 0)
+    name = next(iter(bad.weights))
+    bad.weights[name][0][0, 0] = float("nan")
+    with pytest.raises(AdapterError, match="NaN"):
+        runtime.generate(prompts[:1], [bad])
