@@ -154,6 +154,7 @@ class GenerationParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # decode exactly max_new_tokens (benchmarks), as vLLM's ignore_eos
 
 
 @dataclass
@@ -275,7 +276,7 @@ class DecodeBatch:
         for row, token in zip(rows, tokens.tolist()):
             if row.finished:
                 continue
-            if token in self.stop_ids:
+            if token in self.stop_ids and not row.params.ignore_eos:
                 row.finished, row.finish_reason = True, "stop"
             else:
                 row.output_ids.append(token)

@@ -10,6 +10,7 @@ resume) and a plain generator folder (for use); the loss and validation figures 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -125,6 +126,9 @@ class Trainer:
 
     # ------------------------------------------------------------ one step
     def losses(self, examples: list[Example], with_distill: bool) -> dict[str, torch.Tensor]:
+        """Generated adapters for every example's context, then the answer (and distillation) loss.
+        Rows are sorted by length into micro-batches of similar length: padding a 40-token question
+        to a 300-token task input would triple the base's work."""
         r = self.recipe
         features, sentences = self.cache.get(examples)
         feats, mask = _pad_features(features)
@@ -132,15 +136,29 @@ class Trainer:
         factors = self.model(feats, mask, sentences, kinds, use_tokens=self.generator.config.use_tokens)
         runtime_factors = self.generator.runtime_factors(factors)
         inputs = [truncate_input(self.base, e.input, r.max_prompt_tokens) for e in examples]
-        student = encode_pairs(self.base, [query_prompt(self.base, x) for x in inputs],
-                               [e.target for e in examples], r.max_target_tokens)
-        out = {"answer": answer_loss(self.base, self.runtime, student, runtime_factors)}
-        if with_distill and r.distill_weight > 0:
-            teacher = encode_pairs(self.base, [context_prompt(self.base, e.kind, e.context, x)
-                                               for e, x in zip(examples, inputs)],
-                                   [e.target for e in examples], r.max_target_tokens)
-            out["distill"] = distill_loss(self.base, self.runtime, student, teacher, runtime_factors)
-        out["total"] = out["answer"] + r.distill_weight * out.get("distill", torch.zeros(()))
+        prompts = [query_prompt(self.base, x) for x in inputs]
+        lengths = [len(self.base.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        order = sorted(range(len(examples)), key=lengths.__getitem__)
+        groups = [order[i:i + r.micro_batch] for i in range(0, len(order), r.micro_batch)]
+        totals = {"answer": torch.zeros(()), "distill": torch.zeros(())}
+        distill = with_distill and r.distill_weight > 0
+        for rows in groups:
+            index = torch.tensor(rows)
+            sliced = {m: (a[index], b[index]) for m, (a, b) in runtime_factors.items()}
+            targets = [examples[i].target for i in rows]
+            student = encode_pairs(self.base, [prompts[i] for i in rows], targets, r.max_target_tokens)
+            share = len(rows) / len(examples)
+            totals["answer"] = totals["answer"] + share * answer_loss(self.base, self.runtime, student, sliced)
+            if distill:
+                teacher = encode_pairs(self.base, [context_prompt(self.base, examples[i].kind, examples[i].context,
+                                                                  inputs[i]) for i in rows],
+                                       targets, r.max_target_tokens)
+                totals["distill"] = totals["distill"] + share * distill_loss(
+                    self.base, self.runtime, student, teacher, sliced)
+        out = {"answer": totals["answer"]}
+        if distill:
+            out["distill"] = totals["distill"]
+        out["total"] = out["answer"] + r.distill_weight * totals["distill"]
         return out
 
     def train_step(self) -> dict[str, float]:
@@ -159,20 +177,28 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Answer loss on fixed validation contexts, with generated adapters and with the base alone."""
+        """Answer loss on fixed validation contexts: with generated adapters, with adapters generated
+        from the wrong context (another context of the same kind: if this is not worse, the generator
+        ignores its input), and with the base alone."""
         self.model.eval()
+        r = self.recipe
         out = {}
-        n = self.recipe.contexts_per_batch * self.recipe.queries_per_context
+        n = r.contexts_per_batch * r.queries_per_context
         for kind, examples in self.val_examples.items():
-            gen, base = [], []
+            gen, wrong, base = [], [], []
             for s in range(0, len(examples), n):
                 chunk = examples[s:s + n]
                 gen.append(self.losses(chunk, with_distill=False)["answer"])
-                prompts = [query_prompt(self.base, truncate_input(self.base, e.input, self.recipe.max_prompt_tokens))
+                shift = r.queries_per_context % len(chunk) or 1
+                swapped = [dataclasses.replace(e, context_key=o.context_key, context=o.context)
+                           for e, o in zip(chunk, chunk[shift:] + chunk[:shift])]
+                wrong.append(self.losses(swapped, with_distill=False)["answer"])
+                prompts = [query_prompt(self.base, truncate_input(self.base, e.input, r.max_prompt_tokens))
                            for e in chunk]
-                batch = encode_pairs(self.base, prompts, [e.target for e in chunk], self.recipe.max_target_tokens)
+                batch = encode_pairs(self.base, prompts, [e.target for e in chunk], r.max_target_tokens)
                 base.append(answer_loss(self.base, self.runtime, batch, None))
             out[f"val_{kind}"] = float(torch.stack(gen).mean())
+            out[f"val_{kind}_wrong"] = float(torch.stack(wrong).mean())
             out[f"val_{kind}_base"] = float(torch.stack(base).mean())
         return out
 

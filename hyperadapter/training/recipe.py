@@ -17,6 +17,7 @@ class Recipe:
     steps: int = 4000
     contexts_per_batch: int = 4
     queries_per_context: int = 2
+    micro_batch: int = 4  # rows per base forward, grouped by length
     lr: float = 3e-4
     weight_decay: float = 0.01
     warmup_steps: int = 100

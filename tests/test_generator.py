@@ -1,0 +1,170 @@
+"""The generator: shapes, zero-init, save/load, streaming == whole, one real training step, and a
+two-process `accelerate launch --cpu` run of a tiny recipe on tiny data made here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hyperadapter.config import REPO_ROOT, default_data_root
+from hyperadapter.generator import Generator, GeneratorError
+
+
+@pytest.fixture(scope="module")
+def fresh(base, sentence_encoder):
+    return Generator.fresh(base, sentence_encoder, seed=0)
+
+
+def _perturb(generator, seed=0):
+    """Give a fresh generator nonzero output scales (as training would) so its adapters are not zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in generator.hypernet.scale_b.values():
+            p.copy_(torch.rand(p.shape, generator=g) * 0.2 + 0.05)
+
+
+def test_shapes_and_zero_init(base, runtime, fresh):
+    adapter = fresh.generate_adapter("Answer questions about the solar system.", "task")
+    assert adapter.rank == 8 and adapter.target_modules == ["down_proj", "q_proj", "v_proj"]
+    assert len(adapter.weights) == 3 * base.num_layers
+    runtime.check(adapter)  # shapes fit the base, no NaN, right base model
+    assert all(float(b.abs().max()) == 0.0 for _, b in adapter.weights.values())
+    assert any(float(a.abs().max()) > 0.0 for a, _ in adapter.weights.values())
+    # a zero update: the adapted model answers exactly like the base
+    ids = base.tokenizer(["The sun is a"], return_tensors="pt")
+    with torch.no_grad():
+        plain = base.model(**ids).logits
+        with runtime.activate(adapter):
+            adapted = base.model(**ids).logits
+    assert torch.equal(plain, adapted)
+
+
+def test_bad_kind_and_empty_context_are_refused(fresh):
+    with pytest.raises(GeneratorError, match="unknown context kind"):
+        fresh.generate_adapter("text", "poem")
+    with pytest.raises(GeneratorError, match="empty"):
+        fresh.generate_adapter("   ", "document")
+
+
+def test_save_load_round_trip(base, sentence_encoder, tmp_path):
+    g = Generator.fresh(base, sentence_encoder, seed=3)
+    _perturb(g)
+    g.save_pretrained(tmp_path / "g")
+    loaded = Generator.from_pretrained(tmp_path / "g", base, sentence_encoder)
+    a = g.generate_adapter("Summarise the paragraph in one sentence.", "task")
+    b = loaded.generate_adapter("Summarise the paragraph in one sentence.", "task")
+    assert all(torch.allclose(a.weights[m][1], b.weights[m][1], atol=1e-6) for m in a.weights)
+    assert any(float(b.weights[m][1].abs().max()) > 0 for m in b.weights)
+    with pytest.raises(GeneratorError, match="not a generator checkpoint"):
+        Generator.from_pretrained(tmp_path, base, sentence_encoder)
+
+
+def test_context_changes_the_adapter(base, sentence_encoder):
+    g = Generator.fresh(base, sentence_encoder, seed=1)
+    _perturb(g)
+    a = g.generate_adapter("My dog is called Rex.", "conversation")
+    b = g.generate_adapter("I work as a carpenter in Oslo.", "conversation")
+    m = next(iter(a.weights))
+    assert not torch.allclose(a.weights[m][1], b.weights[m][1])
+
+
+def test_streaming_update_equals_reading_the_whole_history(base, sentence_encoder):
+    g = Generator.fresh(base, sentence_encoder, seed=2, chunk_tokens=32)  # small chunks: several boundaries
+    _perturb(g)
+    messages = ["user: Hi there, my dog is called Rex.\n", "assistant: Hello! Rex is a fine name.\n",
+                "user: " + "I love long walks by the sea, especially in autumn. " * 6 + "\n",
+                "user: Also, I live in Oslo.\n"]
+    stream = g.stream("conversation")
+    for m in messages:
+        stream = g.append(stream, [m])
+        assert len(stream.tail) < g.config.chunk_tokens  # constant-size state: never more than one chunk kept
+    incremental = g.adapter_from_stream(stream)
+    whole = g.generate_adapter(messages, "conversation")
+    for m in whole.weights:
+        torch.testing.assert_close(incremental.weights[m][0], whole.weights[m][0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(incremental.weights[m][1], whole.weights[m][1], atol=1e-5, rtol=1e-4)
+    tensors, meta = stream.to_tensors()
+    restored = type(stream).from_tensors(tensors, meta)
+    again = g.adapter_from_stream(g.append(restored, ["user: bye\n"]))
+    direct = g.generate_adapter(messages + ["user: bye\n"], "conversation")
+    m = next(iter(direct.weights))
+    torch.testing.assert_close(again.weights[m][1], direct.weights[m][1], atol=1e-5, rtol=1e-4)
+
+
+def _tiny_data(root):
+    """A handful of records of every kind, in the prepared layout, made here."""
+    from hyperadapter.data.schema import ContextRecord, Query, write_records
+    fruits = ["apple", "pear", "plum", "fig", "kiwi", "lime"]
+    for split in ("train", "validation", "test"):
+        recs = {
+            "task": [ContextRecord(f"t{i}", "task", f"g{i}", "fixture", f"Reply with the word '{w}' whatever the input.",
+                                   "generation", [Query(f"Input {j}", [w]) for j in range(6)]) for i, w in enumerate(fruits)],
+            "demonstrations": [ContextRecord(f"d{i}", "demonstrations", f"g{i}", "fixture",
+                                             f"Input: a\nOutput: {w}\n\nInput: b\nOutput: {w}", "generation",
+                                             [Query(f"Input {j}", [w]) for j in range(6)]) for i, w in enumerate(fruits)],
+            "document": [ContextRecord(f"doc{i}", "document", f"doc{i}", "fixture",
+                                       f"The keeper of lighthouse {i} is named {w.title()}. It stands on a cliff.", "squad",
+                                       [Query(f"Who keeps lighthouse {i}?", [w.title()])]) for i, w in enumerate(fruits)],
+            "conversation": [ContextRecord(f"u{i}", "conversation", f"u{i}", "fixture",
+                                           f"user: hello\nassistant: hi\nuser: my cat is called {w.title()}.", "fact",
+                                           [Query("What is the name of my cat?", [w.title()])]) for i, w in enumerate(fruits)],
+        }
+        for kind, records in recs.items():
+            write_records(root / split / f"{kind}.jsonl", records)
+
+
+def test_one_training_step_lowers_the_loss_on_a_fixed_batch(tmp_path):
+    from hyperadapter.training.loop import Trainer
+    from hyperadapter.training.recipe import Recipe
+    _tiny_data(tmp_path / "data")
+    trainer = Trainer(Recipe(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), lr=3e-3,
+                             warmup_steps=1, contexts_per_batch=2, queries_per_context=2, eval_batches=1))
+    examples = trainer.sampler.sample(2, 2)
+    with torch.no_grad():
+        before = float(trainer.losses(examples, False)["answer"])
+    for _ in range(3):
+        loss = trainer.losses(examples, False)["total"]
+        trainer.accelerator.backward(loss)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+    with torch.no_grad():
+        after = float(trainer.losses(examples, False)["answer"])
+    assert after < before - 0.05, (before, after)
+
+
+def test_distillation_loss_is_zero_when_student_sees_the_same_prompt(base, runtime):
+    from hyperadapter.training.objectives import distill_loss, encode_pairs
+    prompts = ["The capital of France is", "Two plus two is"]
+    batch = encode_pairs(base, prompts, [" Paris", " four"])
+    loss = distill_loss(base, runtime, batch, batch, {})
+    assert abs(float(loss)) < 1e-5
+
+
+def test_two_process_accelerate_launch_smoke(tmp_path):
+    _tiny_data(tmp_path / "data")
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(f'out_dir = "{tmp_path / "run"}"\ndata_dir = "{tmp_path / "data"}"\nsteps = 2\n'
+                      'contexts_per_batch = 1\nqueries_per_context = 1\nwarmup_steps = 1\neval_every = 0\n'
+                      'save_every = 0\nlog_every = 1\nthreads = 1\n[generator]\nlatent = 64\nmlp_blocks = 1\n')
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "-m", "hyperadapter.cli", "train", "--config", str(recipe)]
+    done = subprocess.run(launcher, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "answer" in r] == [1, 2]  # logged once (main process), every step
+    loaded = Generator.from_pretrained(tmp_path / "run" / "generator",
+                                       *_base_and_encoder())
+    assert loaded.config.latent == 64
+
+
+def _base_and_encoder():
+    from hyperadapter.base import load_base
+    from hyperadapter.embedding import SentenceEncoder
+    return load_base("default", default_data_root() / "models"), SentenceEncoder()
