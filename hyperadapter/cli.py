@@ -91,6 +91,17 @@ def cmd_adapter_create(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from hyperadapter.batch import run_batch
+
+    settings = load_settings(args.config)
+    summary = run_batch(args.input, args.out, settings=settings, batch_size=args.batch_size, default_kind=args.kind,
+                        reuse=args.reuse, services_factory=lambda: _services(args), progress=not args.no_progress)
+    if summary.is_main:
+        print(summary.report(), file=sys.stderr)
+    return summary.exit_code
+
+
 def cmd_data_prepare(args) -> int:
     from hyperadapter.data.prepare import prepare, summary
     from hyperadapter.data.source import SourceError
@@ -104,6 +115,13 @@ def cmd_data_prepare(args) -> int:
         raise CLIError(str(exc)) from exc
     print(summary(manifest))
     print(f"prepared data in {out}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from hyperadapter.api.server import serve
+    settings = load_settings(args.config, host=args.host, port=args.port)
+    serve(settings)
     return 0
 
 
@@ -145,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hyperadapter", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
+    sv = sub.add_parser("serve", help="run the HTTP API (OpenAI-compatible) with the model loaded once")
+    sv.add_argument("--host", help="default 127.0.0.1")
+    sv.add_argument("--port", type=int, help="default 8000")
+    sv.add_argument("--config", help="a settings TOML file")
+    sv.set_defaults(func=cmd_serve)
+
     g = sub.add_parser("generate", help="generate text with the base model, an adapter, or a context's adapter")
     g.add_argument("--adapter", help="a PEFT adapter folder or a stored adapter id")
     g.add_argument("--kind", choices=KINDS, help="make (or reuse) an adapter from a context of this kind")
@@ -172,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-reuse", action="store_true", help="always generate a new adapter")
     c.add_argument("--config")
     c.set_defaults(func=cmd_adapter_create)
+
+    b = sub.add_parser("batch", help="make adapters for every line of a JSONL file; resumable; "
+                                      "runs split across processes under `accelerate launch`")
+    b.add_argument("input", help='JSONL, one {"id"?, "kind"?, "context" | "path"} per line')
+    b.add_argument("--out", required=True, help="folder for <id>/ adapters, manifest.jsonl and errors.jsonl")
+    b.add_argument("--batch-size", type=int, default=16, help="contexts per batched generation (default 16)")
+    b.add_argument("--kind", choices=KINDS, help="the kind of lines that do not give one")
+    b.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
+                   help="serve repeated and near-duplicate contexts from the cache (default: yes)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--config")
+    b.set_defaults(func=cmd_batch)
 
     t = sub.add_parser("train", help="train the generator (or, with trainer = \"multitask-lora\", the baseline LoRA)")
     t.add_argument("--config", required=True, help="a recipe TOML file (see configs/)")

@@ -1,0 +1,108 @@
+"""Per-user personal adapters, updated incrementally as a user's messages arrive.
+
+Each user (within a tenant) keeps a folder `<store>/users/<tenant>/<name>/` with the generator's
+streaming state (`state.safetensors`: fixed size, whatever the history's length), `meta.json` (the
+current adapter id and counts) and `messages.jsonl` (the history, for the user's own record).
+Appending messages reads only the new text (plus the state's short unfinished chunk), makes a new
+adapter, stores it under the owner `<tenant>/user/<name>` and retires the previous one. Forgetting
+a user deletes the folder and every adapter of that owner (rows, files and index keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from hyperadapter.generator import ContextStream, Generator
+
+
+def user_owner(tenant: str, name: str) -> str:
+    return f"{tenant}/user/{name}"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Users:
+    def __init__(self, root: Path, generator: Generator | None, store, generate_lock: threading.Lock | None = None):
+        self.root = Path(root)
+        self.generator = generator
+        self.store = store
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._generate_lock = generate_lock or threading.Lock()
+
+    def _dir(self, tenant: str, name: str) -> Path:
+        return self.root / tenant / name
+
+    def _lock(self, tenant: str, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault((tenant, name), threading.Lock())
+
+    def info(self, tenant: str, name: str) -> dict | None:
+        meta = self._dir(tenant, name) / "meta.json"
+        return json.loads(meta.read_text()) if meta.is_file() else None
+
+    def adapter_id(self, tenant: str, name: str) -> str | None:
+        info = self.info(tenant, name)
+        return info["adapter_id"] if info else None
+
+    def append(self, tenant: str, name: str, messages: list[dict[str, str]]) -> dict:
+        if self.generator is None:
+            raise RuntimeError("personal adapters need a generator")
+        folder = self._dir(tenant, name)
+        with self._lock(tenant, name):
+            folder.mkdir(parents=True, exist_ok=True)
+            old = self.info(tenant, name)
+            stream = self._load_stream(folder) if old else self.generator.stream("conversation")
+            segments = [f"{m['role']}: {m['content']}\n" for m in messages]
+            digest = hashlib.sha256(((old or {}).get("history_hash", "") + "".join(segments)).encode()).hexdigest()
+            with self._generate_lock:
+                stream = self.generator.append(stream, segments)
+                adapter = self.generator.adapter_from_stream(stream, {"user": name})
+            key = torch.nn.functional.normalize(stream.sentence_sum, dim=0).numpy().astype(np.float32)
+            record = self.store.put(adapter, kind="conversation", owner=user_owner(tenant, name),
+                                    context_hash=digest, key=key, metadata={"user": name})
+            tensors, meta = stream.to_tensors()
+            tmp = folder / "state.safetensors.tmp"
+            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
+            os.replace(tmp, folder / "state.safetensors")
+            with open(folder / "messages.jsonl", "a", encoding="utf-8") as f:
+                for m in messages:
+                    f.write(json.dumps({"role": m["role"], "content": m["content"]}) + "\n")
+            info = {"user": name, "adapter_id": record.id, "messages": (old or {}).get("messages", 0) + len(messages),
+                    "tokens": stream.n_tokens, "history_hash": digest}
+            _atomic_write(folder / "meta.json", json.dumps(info).encode())
+            if old and old["adapter_id"] != record.id:
+                self.store.delete(old["adapter_id"])
+            return info
+
+    def _load_stream(self, folder: Path) -> ContextStream:
+        from safetensors import safe_open
+        path = folder / "state.safetensors"
+        with safe_open(path, "pt") as f:
+            meta = f.metadata()
+        return ContextStream.from_tensors(load_file(path), meta)
+
+    def forget(self, tenant: str, name: str) -> bool:
+        """Delete the user's memories and every adapter they own. True if there was anything."""
+        folder = self._dir(tenant, name)
+        with self._lock(tenant, name):
+            existed = folder.exists()
+            removed = self.store.delete_owner(user_owner(tenant, name))
+            shutil.rmtree(folder, ignore_errors=True)
+            return existed or removed > 0
