@@ -58,8 +58,9 @@ def load_eval_config(path: str | Path, **overrides) -> EvalConfig:
 
 
 def select(records: list[ContextRecord], n: int, limit: int) -> list[ContextRecord]:
-    """The first n contexts (records are sorted by id, so this is deterministic), `limit` queries each."""
-    chosen = records[:n] if n else records
+    """n contexts evenly spaced over the (id-sorted) records, so every source is represented and the
+    choice is deterministic; `limit` queries each."""
+    chosen = [records[i * len(records) // n] for i in range(n)] if n and n < len(records) else records
     return [dataclasses.replace(r, queries=r.queries[:limit]) for r in chosen if r.queries]
 
 
