@@ -43,16 +43,20 @@ def start_server(tmp_path: Path, **env_overrides) -> tuple[subprocess.Popen, str
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("server exited:\n" + (tmp_path / "server.log").read_text()[-3000:])
-        try:
-            if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                return proc, url
-        except requests.RequestException:  # not listening yet, or the worker is still loading the model
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
+    try:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError("server exited:\n" + (tmp_path / "server.log").read_text()[-3000:])
+            try:
+                if requests.get(url + "/healthz", timeout=5).status_code == 200:
+                    return proc, url
+            except requests.RequestException:  # not listening yet, or the worker is still loading the model
+                time.sleep(0.5)
+        raise RuntimeError("server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
 
 
 @pytest.fixture(scope="module")
