@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "runs split across processes under `accelerate launch`")
     b.add_argument("input", help='JSONL, one {"id"?, "kind"?, "context" | "path"} per line')
     b.add_argument("--out", required=True, help="folder for <id>/ adapters, manifest.jsonl and errors.jsonl")
-    b.add_argument("--batch-size", type=int, default=16, help="contexts per batched generation (default 16)")
+    b.add_argument("--batch-size", type=int, default=8, help="contexts per batched generation (default 8)")
     b.add_argument("--kind", choices=KINDS, help="the kind of lines that do not give one")
     b.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
                    help="serve repeated and near-duplicate contexts from the cache (default: yes)")
