@@ -139,6 +139,7 @@ class Adapter:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, directory)
+            _fsync_dir(directory.parent)  # the rename itself is durable only once the folder is synced
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return directory
@@ -257,6 +258,14 @@ def _pattern_value(pattern: Mapping[str, float], module: str, default: float) ->
         if module == key or module.endswith("." + key) or re.fullmatch(key, module):
             return float(value)
     return float(default)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync(path: Path) -> None:

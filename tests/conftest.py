@@ -41,3 +41,27 @@ def make_adapter(base, seed: int, modules=("q_proj", "v_proj"), rank: int = 8, s
             weights[name] = (torch.randn(rank, fan_in, generator=g) * scale,
                              torch.randn(fan_out, rank, generator=g) * scale)
     return Adapter(weights, alpha, base.model_id, {"seed": str(seed)})
+
+
+def write_tiny_data(root):
+    """A handful of records of every kind, in the prepared layout, made here."""
+    from hyperadapter.data.schema import ContextRecord, Query, write_records
+    fruits = ["apple", "pear", "plum", "fig", "kiwi", "lime"]
+    for split in ("train", "validation", "test"):
+        recs = {
+            "task": [ContextRecord(f"t{i}", "task", f"g{i}", "fixture", f"Reply with the word '{w}' whatever the input.",
+                                   "generation", [Query(f"Input {j}", [w]) for j in range(6)]) for i, w in enumerate(fruits)],
+            "demonstrations": [ContextRecord(f"d{i}", "demonstrations", f"g{i}", "fixture",
+                                             f"Input: a\nOutput: {w}\n\nInput: b\nOutput: {w}", "generation",
+                                             [Query(f"Input {j}", [w]) for j in range(6)]) for i, w in enumerate(fruits)],
+            "document": [ContextRecord(f"doc{i}", "document", f"doc{i}", "fixture",
+                                       f"The keeper of lighthouse {i} is named {w.title()}. It stands on a cliff.", "squad",
+                                       [Query(f"Who keeps lighthouse {i}?", [w.title()])]) for i, w in enumerate(fruits)],
+            "conversation": [ContextRecord(f"u{i}", "conversation", f"u{i}", "fixture",
+                                           f"user: hello\nassistant: hi\nuser: my cat is called {w.title()}.", "fact",
+                                           [Query("What is the name of my cat?", [w.title()])]) for i, w in enumerate(fruits)],
+        }
+        for kind, records in recs.items():
+            write_records(root / split / f"{kind}.jsonl", records)
+
+

@@ -13,6 +13,7 @@ import torch
 
 from hyperadapter.config import REPO_ROOT, default_data_root
 from hyperadapter.generator import Generator, GeneratorError
+from tests.conftest import write_tiny_data
 
 
 @pytest.fixture(scope="module")
@@ -96,32 +97,10 @@ def test_streaming_update_equals_reading_the_whole_history(base, sentence_encode
     torch.testing.assert_close(again.weights[m][1], direct.weights[m][1], atol=1e-5, rtol=1e-4)
 
 
-def _tiny_data(root):
-    """A handful of records of every kind, in the prepared layout, made here."""
-    from hyperadapter.data.schema import ContextRecord, Query, write_records
-    fruits = ["apple", "pear", "plum", "fig", "kiwi", "lime"]
-    for split in ("train", "validation", "test"):
-        recs = {
-            "task": [ContextRecord(f"t{i}", "task", f"g{i}", "fixture", f"Reply with the word '{w}' whatever the input.",
-                                   "generation", [Query(f"Input {j}", [w]) for j in range(6)]) for i, w in enumerate(fruits)],
-            "demonstrations": [ContextRecord(f"d{i}", "demonstrations", f"g{i}", "fixture",
-                                             f"Input: a\nOutput: {w}\n\nInput: b\nOutput: {w}", "generation",
-                                             [Query(f"Input {j}", [w]) for j in range(6)]) for i, w in enumerate(fruits)],
-            "document": [ContextRecord(f"doc{i}", "document", f"doc{i}", "fixture",
-                                       f"The keeper of lighthouse {i} is named {w.title()}. It stands on a cliff.", "squad",
-                                       [Query(f"Who keeps lighthouse {i}?", [w.title()])]) for i, w in enumerate(fruits)],
-            "conversation": [ContextRecord(f"u{i}", "conversation", f"u{i}", "fixture",
-                                           f"user: hello\nassistant: hi\nuser: my cat is called {w.title()}.", "fact",
-                                           [Query("What is the name of my cat?", [w.title()])]) for i, w in enumerate(fruits)],
-        }
-        for kind, records in recs.items():
-            write_records(root / split / f"{kind}.jsonl", records)
-
-
 def test_one_training_step_lowers_the_loss_on_a_fixed_batch(tmp_path):
     from hyperadapter.training.loop import Trainer
     from hyperadapter.training.recipe import Recipe
-    _tiny_data(tmp_path / "data")
+    write_tiny_data(tmp_path / "data")
     trainer = Trainer(Recipe(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), lr=3e-3,
                              warmup_steps=1, contexts_per_batch=2, queries_per_context=2, eval_batches=1))
     examples = trainer.sampler.sample(2, 2)
@@ -146,19 +125,23 @@ def test_distillation_loss_is_zero_when_student_sees_the_same_prompt(base, runti
 
 
 def test_two_process_accelerate_launch_smoke(tmp_path):
-    _tiny_data(tmp_path / "data")
+    write_tiny_data(tmp_path / "data")
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(f'out_dir = "{tmp_path / "run"}"\ndata_dir = "{tmp_path / "data"}"\nsteps = 2\n'
                       'contexts_per_batch = 1\nqueries_per_context = 1\nwarmup_steps = 1\neval_every = 0\n'
                       'save_every = 0\nlog_every = 1\nthreads = 1\n[generator]\nlatent = 64\nmlp_blocks = 1\n')
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    # On one machine `accelerate launch --cpu` starts a single process whatever --num_processes says
+    # (accelerate 1.x: multi-CPU needs mpirun); `--multi_gpu` goes through torchrun, and the trainer's
+    # Accelerator(cpu=True) then runs both processes on the CPU with gloo.
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                 "-m", "hyperadapter.cli", "train", "--config", str(recipe)]
     done = subprocess.run(launcher, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "answer" in r] == [1, 2]  # logged once (main process), every step
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["num_processes"] == 2
     loaded = Generator.from_pretrained(tmp_path / "run" / "generator",
                                        *_base_and_encoder())
     assert loaded.config.latent == 64

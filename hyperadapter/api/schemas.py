@@ -76,6 +76,7 @@ class SamplingFields(Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="only one choice per request")
+    ignore_eos: bool = Field(default=False, description="decode exactly max_tokens (as vLLM's extension)")
     context: InlineContext | None = Field(default=None, description="create (or reuse) an adapter from this "
                                           "context and apply it, in one call; `model` must then be 'base'")
 

@@ -44,6 +44,8 @@ class EvalConfig:
     generator: str = ""  # default: the shipped checkpoint
     multitask_lora: str = "checkpoints/multitask-lora"
     task_lora_steps: int = 80
+    blend_k: int = 4  # the blend system: top-k catalogue neighbours
+    blend_catalogue: int = 300  # training contexts per kind in its catalogue
     batch_size: int = 16
     seed: int = 0
 

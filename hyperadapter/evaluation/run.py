@@ -10,7 +10,42 @@ from hyperadapter.evaluation.harness import EvalConfig, Harness
 from hyperadapter.evaluation.systems import (AdapterSystem, BaseSystem, ContextInPromptSystem,
                                              FixedAdapterSystem, PerTaskLoraSystem)
 
-SYSTEM_NAMES = ("base", "base+context", "generated", "generated-wrong", "multitask-lora", "per-task-lora")
+SYSTEM_NAMES = ("base", "base+context", "generated", "generated-wrong", "multitask-lora", "per-task-lora", "blend")
+
+
+def catalogue_blender(generator, data_dir: Path, per_kind: int, k: int, tmp_root: Path):
+    """The cache's blend mode as a `(kind, context) -> Adapter` function: a store is filled with
+    adapters generated for up to `per_kind` training contexts of each kind (the "catalogue"), and
+    a held-out context gets the similarity-weighted sum of its k nearest catalogue adapters."""
+    from hyperadapter.data.schema import load_split
+    from hyperadapter.retrieval.cache import AdapterCache
+    from hyperadapter.retrieval.store import AdapterStore
+
+    store = AdapterStore(tmp_root / "catalogue")
+    encoder = generator.sentence_encoder
+    # thresholds above 1: never reuse a neighbour as is, always blend (blend_min_similarity 0)
+    cache = AdapterCache(store, encoder, lambda kind, ctx: generator.generate_adapter(ctx, kind),
+                         {kind: 1.01 for kind in ("task", "demonstrations", "document", "conversation")},
+                         blend_k=k, blend_min_similarity=0.0)
+    filled: set[str] = set()
+
+    def fill(kind: str) -> None:
+        records = load_split(data_dir, "train", kind)
+        step = max(1, len(records) // per_kind)
+        items = [(kind, r.context) for r in records[::step][:per_kind]]
+        for s in range(0, len(items), 16):
+            cache.get_or_create_many(items[s:s + 16], owner="catalogue", base_model=generator.config.base_model,
+                                     generate_many=generator.generate_many)
+        filled.add(kind)
+
+    def make(kind: str, context: str):
+        if kind not in filled:
+            fill(kind)
+        result = cache.get_or_create(kind, context, owner="catalogue", base_model=generator.config.base_model)
+        adapter = store.load(result.record.id)
+        store.delete(result.record.id)  # keep the catalogue to training contexts only
+        return adapter
+    return make
 
 
 def build_systems(config: EvalConfig, settings: Settings, base, runtime, generator=None) -> list:
@@ -18,7 +53,7 @@ def build_systems(config: EvalConfig, settings: Settings, base, runtime, generat
     if unknown:
         raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEM_NAMES)}")
     systems = []
-    if {"generated", "generated-wrong"} & set(config.systems) and generator is None:
+    if {"generated", "generated-wrong", "blend"} & set(config.systems) and generator is None:
         from hyperadapter.embedding import SentenceEncoder
         from hyperadapter.generator import Generator
         generator = Generator.from_pretrained(config.generator or settings.generator, base, SentenceEncoder())
@@ -37,6 +72,12 @@ def build_systems(config: EvalConfig, settings: Settings, base, runtime, generat
                 raise FileNotFoundError(f"multi-task LoRA {path} not found: train it with "
                                         "`hyperadapter train --config configs/multitask_lora.toml`")
             systems.append(FixedAdapterSystem(base, Adapter.load(path), "multi-task LoRA"))
+        elif name == "blend":
+            import tempfile
+            tmp = Path(tempfile.mkdtemp(prefix="blend-catalogue-"))
+            make = catalogue_blender(generator, Path(config.data_dir), config.blend_catalogue, config.blend_k, tmp)
+            system = AdapterSystem(base, make, name=f"blend of {config.blend_k} nearest training adapters")
+            systems.append(system)
         elif name == "per-task-lora":
             systems.append(PerTaskLoraSystem(base, runtime, steps=config.task_lora_steps, seed=config.seed))
     return systems

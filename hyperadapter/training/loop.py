@@ -231,7 +231,9 @@ class Trainer:
     def run(self) -> Path:
         r = self.recipe
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "recipe.json").write_text(json.dumps(r.__dict__, indent=2, default=str))
+        if self.accelerator.is_main_process:
+            (self.out / "recipe.json").write_text(json.dumps(
+                {**r.__dict__, "num_processes": self.accelerator.num_processes}, indent=2, default=str))
         self.maybe_resume()
         bar = tqdm(total=r.steps, initial=self.step, desc="train", disable=not self.accelerator.is_main_process)
         running: dict[str, float] = {}

@@ -1,0 +1,185 @@
+"""Data loading and splitting on fixture files made here (a miniature BIG-bench tree), metrics on
+hand-checked cases, and the evaluation harness end to end on the real base model."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import pytest
+import torch
+
+from hyperadapter.data import builders, source
+from hyperadapter.data.prepare import USERS_PER_DIALOGUE, is_prepared, prepare, write_all
+from hyperadapter.data.schema import KINDS, SPLITS, ContextRecord, Query, load_split
+from hyperadapter.data.splits import overlap, remove_leaks, split_of
+from hyperadapter.evaluation import metrics
+from tests.conftest import write_tiny_data
+
+
+def _write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def tasks_dir(tmp_path_factory):
+    """A miniature benchmark_tasks/ tree in BIG-bench's formats."""
+    root = tmp_path_factory.mktemp("bb") / "benchmark_tasks"
+    for family in ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"):
+        for n, what in ((1, "question"), (2, "answer")):
+            _write(root / "natural_instructions" / f"subtask00{n}_{family}_{what}_generation" / "task.json", {
+                "description": f"Definition: write the {what} for the {family} passage.",
+                "examples": [{"input": f"{family} passage {i} ({what})", "target": [f"{family} {what} {i}"]}
+                             for i in range(20)]})
+        _write(root / f"bb_{family}" / "task.json", {
+            "description": f"Pick the {family} option that fits.", "keywords": ["logical reasoning"],
+            "examples": [{"input": f"{family} riddle {i}", "target_scores": {f"{family} yes {i}": 1, f"no {i}": 0}}
+                         for i in range(16)]})
+    _write(root / "bb_french" / "task.json", {"description": "Translate into French.", "keywords": ["translation"],
+                                              "examples": [{"input": f"w{i}", "target": f"m{i}"} for i in range(20)]})
+    paragraphs = [{"context": f"Article {a} paragraph {p}: the keeper is named K{a}{p}.",
+                   "qas": [{"question": f"Who keeps lighthouse {a}-{p}?", "id": f"{a}{p}",
+                            "answers": [{"text": f"K{a}{p}", "answer_start": 30}]}]} for a in range(30) for p in range(2)]
+    for name in builders.SQUAD_FILES:
+        _write(root / "squad_shifts" / name, {"data": [{"title": f"{name}-{a}", "paragraphs": paragraphs[2 * a:2 * a + 2]}
+                                                       for a in range(30)]})
+    turns = ' '.join(f'agent_{"A" if i % 2 == 0 else "B"}: "turn {i} of chat {{c}}"' for i in range(9))
+    _write(root / "topical_chat" / "task.json", {"examples": [
+        {"input": turns.replace("{c}", str(c)), "target": f'"last of {c}"', "comment": f"conv{c}"} for c in range(40)]})
+    return root
+
+
+def test_builders_read_every_kind(tasks_dir):
+    ni = list(builders.natural_instructions(tasks_dir))
+    bb = list(builders.bigbench_tasks(tasks_dir))
+    assert len(ni) == 16 and all(r.metric == "generation" and r.context.startswith("Definition") for r in ni)
+    assert {r.group for r in ni if "alpha" in r.id} == {"ni:alpha"}  # one family, one group
+    assert len(bb) == 8 and all(r.metric == "choice" for r in bb)  # the translation task is skipped
+    q = bb[0].queries[0]
+    assert q.choices[q.label].startswith(bb[0].id.split("_")[-1])
+    demos = list(builders.demonstrations(ni))
+    assert demos[0].context.count("Input:") == builders.DEMOS and demos[0].group == ni[0].group
+    docs = list(builders.squad_documents(tasks_dir))
+    assert len(docs) == 5 * 60 and docs[0].metric == "squad"
+    users = list(builders.conversations(tasks_dir, lambda g: split_of(g, "conversation"), USERS_PER_DIALOGUE))
+    u = users[0]
+    assert u.context.splitlines()[0].startswith(("user:", "assistant:")) and len(u.queries) == 3
+    assert all(q.answers[0] in u.context for q in u.queries)  # the facts were dropped into the history
+
+
+def test_splits_are_by_group_without_leakage(tasks_dir, tmp_path):
+    tasks = list(builders.natural_instructions(tasks_dir)) + list(builders.bigbench_tasks(tasks_dir))
+    records = tasks + list(builders.demonstrations(tasks)) + list(builders.squad_documents(tasks_dir)) + \
+        list(builders.conversations(tasks_dir, lambda g: split_of(g, "conversation"), USERS_PER_DIALOGUE))
+    manifest = write_all(records, tmp_path / "data")
+    loaded = {s: [r for k in KINDS for r in load_split(tmp_path / "data", s, k)] for s in SPLITS}
+    groups = {s: {r.group for r in rs} for s, rs in loaded.items()}
+    assert not groups["train"] & groups["test"] and not groups["train"] & groups["validation"]
+    assert not overlap(loaded["train"], loaded["test"])
+    assert all(len(v) for v in loaded.values())
+    # a task and its demonstrations always share a split
+    for s, rs in loaded.items():
+        task_ids = {r.id for r in rs if r.kind == "task"}
+        assert all(r.id.removeprefix("demos/") in task_ids for r in rs if r.kind == "demonstrations")
+    assert manifest["files"]["test/task.jsonl"]["contexts"] == sum(r.kind == "task" for r in loaded["test"])
+    assert is_prepared(tmp_path / "data")
+    # prepared once: a second `prepare` does nothing (and needs no download)
+    assert prepare(tmp_path / "data", tmp_path / "cache")["files"] == manifest["files"]
+    assert not (tmp_path / "cache").exists()
+
+
+def test_leaks_are_removed():
+    test = [ContextRecord("t1", "task", "g1", "s", "Do the thing.", "generation", [Query("shared input", ["x"])])]
+    train = [ContextRecord("a", "task", "g2", "s", "Other thing.", "generation",
+                           [Query("shared input", ["x"]), Query("fine input", ["y"])]),
+             ContextRecord("b", "task", "g3", "s", "Do the thing.", "generation", [Query("z", ["z"])])]
+    splits = {"train": train, "test": test}
+    assert remove_leaks(splits) == 1  # b has the test context itself: dropped whole
+    assert [r.id for r in splits["train"]] == ["a"] and [q.input for q in splits["train"][0].queries] == ["fine input"]
+
+
+def test_source_is_checked_and_extraction_takes_only_what_is_used(tmp_path):
+    fake = tmp_path / source.FILENAME
+    fake.write_bytes(b"not the real archive")
+    with pytest.raises(source.SourceError, match="sha256"):
+        source.fetch(tmp_path / "cache", fake)
+    archive = tmp_path / "mini.tar.gz"
+    member = tmp_path / "task.json"
+    member.write_text("{}")
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("squad_shifts/nyt_v1.0.json", "squad_shifts/task.py", "topical_chat/task.json", "x/task.json"):
+            tar.add(member, arcname=source.TASKS_PREFIX + name)
+        tar.add(member, arcname="bigbench-1.0.0/setup.py")
+    out = source.extract(archive, tmp_path / "out")
+    got = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert got == ["squad_shifts/nyt_v1.0.json", "topical_chat/task.json", "x/task.json"]
+    assert source.extract(archive, tmp_path / "out") == out  # marked complete: not redone
+
+
+@pytest.mark.parametrize("prediction, answers, em, f1", [
+    ("the Denver Broncos", ["Denver Broncos"], 1.0, 1.0),
+    ("Broncos won", ["Denver Broncos"], 0.0, 0.5),
+    ("Denver Broncos!", ["Carolina Panthers", "denver broncos"], 1.0, 1.0),
+    ("nothing", ["Denver Broncos"], 0.0, 0.0),
+])
+def test_squad_metrics(prediction, answers, em, f1):
+    assert metrics.exact_match(prediction, answers) == em
+    assert metrics.squad_f1(prediction, answers) == pytest.approx(f1)
+
+
+def test_rouge_l_and_fact_recall():
+    # LCS("w x y z", "w y z q") = 3 -> P = R = 3/4 (avoid "a": an article, normalised away)
+    assert metrics.rouge_l("w x y z", ["w y z q"]) == pytest.approx(0.75)
+    assert metrics.rouge_l("The cat sat", ["a cat sat down"]) == pytest.approx(2 * (2 / 2) * (2 / 3) / (2 / 2 + 2 / 3))
+    assert metrics.rouge_l("x", ["y", "x"]) == 1.0
+    assert metrics.fact_recall("Your dog is called Biscuit.", ["Biscuit"]) == 1.0
+    assert metrics.fact_recall("Biscuits are tasty", ["Biscuit"]) == 0.0
+
+
+def test_choice_scores_match_a_plain_forward(base, runtime):
+    import torch.nn.functional as F
+    from hyperadapter.base import format_prompt
+    from hyperadapter.evaluation.harness import choice_scores
+    from tests.conftest import make_adapter
+    adapter = make_adapter(base, 4)
+    prompt = format_prompt(base, "Is the sky blue?")
+    choices = ["Yes", "No, it is green today", "maybe"]
+    fast = choice_scores(base, runtime, adapter, prompt, choices)
+    tok = base.tokenizer
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    for choice, got in zip(choices, fast):
+        c = tok(choice, add_special_tokens=False)["input_ids"]
+        with torch.no_grad(), runtime.activate(adapter):
+            logp = F.log_softmax(base.model(input_ids=torch.tensor([p + c])).logits[0].float(), -1)
+        assert got == pytest.approx(sum(float(logp[len(p) - 1 + i, t]) for i, t in enumerate(c)), abs=1e-3)
+
+
+def test_harness_end_to_end(base, runtime, sentence_encoder, tmp_path):
+    from hyperadapter.config import load_settings
+    from hyperadapter.evaluation.harness import EvalConfig
+    from hyperadapter.evaluation.run import run_eval
+    from hyperadapter.generator import Generator
+    write_tiny_data(tmp_path / "data")
+    config = EvalConfig(out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"),
+                        max_contexts={k: 2 for k in KINDS}, limit=2, max_new_tokens=8, task_lora_steps=3,
+                        systems=["base", "base+context", "generated", "generated-wrong", "per-task-lora"])
+    generator = Generator.fresh(base, sentence_encoder)
+    results = run_eval(config, load_settings(), base=base, runtime=runtime, generator=generator)
+    systems = results["systems"]
+    assert set(systems) == {"base", "base+context", "generated", "generated (wrong context)", "per-task LoRA (oracle)"}
+    assert set(systems["per-task LoRA (oracle)"]) == {"task", "demonstrations"}
+    for name, per_kind in systems.items():
+        for kind, r in per_kind.items():
+            assert 0.0 <= r["score"] <= 100.0 and r["contexts"] == 2
+            assert r["queries"] == (4 if kind in ("task", "demonstrations") else 2)  # the fixture's query counts
+    for kind in KINDS:  # the context costs prompt tokens; adapters do not
+        assert systems["base+context"][kind]["prompt_tokens"] > systems["generated"][kind]["prompt_tokens"]
+        assert systems["generated"][kind]["prompt_tokens"] == systems["base"][kind]["prompt_tokens"]
+    # a fresh generator's adapters are zero: exactly the base's answers
+    assert systems["generated"]["document"]["score"] == systems["base"]["document"]["score"]
+    assert systems["generated"]["task"]["adapter_ms"] > 0
+    out = tmp_path / "out"
+    assert json.loads((out / "results.json").read_text())["config"]["limit"] == 2
+    assert "| base+context |" in (out / "results.md").read_text()
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
