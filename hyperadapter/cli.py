@@ -159,6 +159,20 @@ def cmd_eval(args) -> int:
     return 0
 
 
+BENCHMARKS = ("mixed_batch", "generate_latency", "cache", "serve", "batch")
+
+
+def cmd_bench(args) -> int:
+    import runpy
+    from hyperadapter.config import REPO_ROOT
+    script = REPO_ROOT / "benchmarks" / f"{args.name}.py"
+    if not script.is_file():
+        raise CLIError(f"{script} not found (benchmarks live in the source checkout)")
+    sys.argv = [str(script), *args.args]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hyperadapter", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -222,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--generator", help="generator checkpoint folder (default: the shipped one)")
     e.add_argument("--settings", help="a settings TOML file")
     e.set_defaults(func=cmd_eval)
+
+    bn = sub.add_parser("bench", help="run a benchmark from benchmarks/ (prints ratios measured side by side)")
+    bn.add_argument("name", choices=BENCHMARKS)
+    bn.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
+    bn.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("data", help="datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)

@@ -50,10 +50,15 @@ def train_lora(base: Base, runtime: LoraRuntime, pairs: Sequence[tuple[str, str]
             if x not in prompts:
                 prompts[x] = query_prompt(base, truncate_input(base, x, max_prompt_tokens))
             texts.append(prompts[x])
-        batch = encode_pairs(base, texts, [y for _, y in chosen], max_target_tokens)
-        factors = {n: (a, b * scaling) for n, (a, b) in params.items()}
-        loss = answer_loss(base, runtime, batch, factors)
-        loss.backward()
+        # rows grouped by length (padding a short question to a long input wastes the base's work)
+        order = sorted(range(len(chosen)), key=lambda i: len(texts[i]))
+        for group in (order[:len(order) // 2], order[len(order) // 2:]):
+            if not group:
+                continue
+            batch = encode_pairs(base, [texts[i] for i in group], [chosen[i][1] for i in group], max_target_tokens)
+            factors = {n: (a, b * scaling) for n, (a, b) in params.items()}
+            loss = answer_loss(base, runtime, batch, factors) * len(group) / len(chosen)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(flat, 1.0)
         optimizer.step()
         scheduler.step()
