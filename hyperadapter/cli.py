@@ -152,7 +152,8 @@ def cmd_eval(args) -> int:
         raise CLIError(f"--config {args.config}: no such file")
     if args.limit is not None and args.limit < 1:
         raise CLIError("--limit must be at least 1")
-    config = load_eval_config(args.config, limit=args.limit, out_dir=args.out, generator=args.generator)
+    config = load_eval_config(args.config, limit=args.limit, out_dir=args.out, generator=args.generator,
+                              systems=args.systems.split(",") if args.systems else None)
     results = run_eval(config, settings)
     print(report.markdown(results))
     print(f"wrote {config.out_dir}/results.json, results.md, results.png")
@@ -234,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="queries per context")
     e.add_argument("--out", help="output folder (default: the config's out_dir)")
     e.add_argument("--generator", help="generator checkpoint folder (default: the shipped one)")
+    e.add_argument("--systems", help="comma-separated subset of the config's systems (results merge into "
+                                     "an existing results.json of the same contexts)")
     e.add_argument("--settings", help="a settings TOML file")
     e.set_defaults(func=cmd_eval)
 

@@ -25,7 +25,7 @@ def _perturb(generator, seed=0):
     """Give a fresh generator nonzero output scales (as training would) so its adapters are not zero."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in generator.hypernet.scale_b.values():
+        for p in list(generator.hypernet.scale_b.values()) + list(generator.hypernet.copy_gain.values()):
             p.copy_(torch.rand(p.shape, generator=g) * 0.2 + 0.05)
 
 

@@ -104,8 +104,8 @@ def choice_scores(base: Base, runtime: LoraRuntime, adapter: Adapter | None, pro
 
 
 class Harness:
-    def __init__(self, base: Base, runtime: LoraRuntime, config: EvalConfig):
-        self.base, self.runtime, self.config = base, runtime, config
+    def __init__(self, base: Base, runtime: LoraRuntime, config: EvalConfig, data_dir: Path):
+        self.base, self.runtime, self.config, self.data_dir = base, runtime, config, Path(data_dir)
 
     def score_context(self, system: System, record: ContextRecord) -> dict:
         adapter = system.adapter(record)
@@ -145,10 +145,9 @@ class Harness:
 
     def run(self, systems: list[System]) -> dict:
         c = self.config
-        data_dir = Path(c.data_dir) if c.data_dir else None
         results: dict = {"config": dataclasses.asdict(c), "systems": {}}
         for kind in c.kinds:
-            records = select(load_split(data_dir, c.split, kind), c.max_contexts.get(kind, 0), c.limit)
+            records = select(load_split(self.data_dir, c.split, kind), c.max_contexts.get(kind, 0), c.limit)
             for system in systems:
                 if kind not in system.kinds:
                     continue

@@ -57,9 +57,28 @@ def chart(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write(results: dict, out_dir: Path) -> Path:
+SAME_RUN = ("split", "kinds", "max_contexts", "limit", "max_new_tokens", "data_dir")
+
+
+def merge(results: dict, out_dir: Path) -> dict:
+    """Systems scored earlier on exactly the same contexts are kept beside the new ones, so the
+    baselines and the generator can be run at different times into one table."""
+    path = out_dir / "results.json"
+    if not path.is_file():
+        return results
+    old = json.loads(path.read_text())
+    if any(old["config"].get(k) != results["config"].get(k) for k in SAME_RUN):
+        return results
+    systems = {**old["systems"], **results["systems"]}
+    config = {**results["config"], "systems": list(dict.fromkeys(old["config"]["systems"] + results["config"]["systems"]))}
+    return {**results, "config": config, "systems": systems}
+
+
+def write(results: dict, out_dir: Path) -> dict:
+    """Write results.json / .md / .png (merged with earlier systems of the same run); returns them."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    results = merge(results, out_dir)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     (out_dir / "results.md").write_text(markdown(results))
     chart(results, out_dir / "results.png")
-    return out_dir
+    return results

@@ -48,7 +48,8 @@ def catalogue_blender(generator, data_dir: Path, per_kind: int, k: int, tmp_root
     return make
 
 
-def build_systems(config: EvalConfig, settings: Settings, base, runtime, generator=None) -> list:
+def build_systems(config: EvalConfig, settings: Settings, base, runtime, generator=None,
+                  data_dir: Path | None = None) -> list:
     unknown = set(config.systems) - set(SYSTEM_NAMES)
     if unknown:
         raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEM_NAMES)}")
@@ -75,7 +76,8 @@ def build_systems(config: EvalConfig, settings: Settings, base, runtime, generat
         elif name == "blend":
             import tempfile
             tmp = Path(tempfile.mkdtemp(prefix="blend-catalogue-"))
-            make = catalogue_blender(generator, Path(config.data_dir), config.blend_catalogue, config.blend_k, tmp)
+            make = catalogue_blender(generator, data_dir or settings.prepared_data_dir, config.blend_catalogue,
+                                     config.blend_k, tmp)
             system = AdapterSystem(base, make, name=f"blend of {config.blend_k} nearest training adapters")
             systems.append(system)
         elif name == "per-task-lora":
@@ -89,8 +91,7 @@ def run_eval(config: EvalConfig, settings: Settings, base=None, runtime=None, ge
 
     base = base or load_base(settings.base_model, settings.models_dir)
     runtime = runtime or LoraRuntime(base)
-    if not config.data_dir:
-        config.data_dir = str(settings.prepared_data_dir)
-    results = Harness(base, runtime, config).run(build_systems(config, settings, base, runtime, generator))
-    report.write(results, Path(config.out_dir))
-    return results
+    data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
+    systems = build_systems(config, settings, base, runtime, generator, data_dir)
+    results = Harness(base, runtime, config, data_dir).run(systems)
+    return report.write(results, Path(config.out_dir))

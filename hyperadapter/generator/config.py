@@ -28,6 +28,8 @@ class GeneratorConfig:
     heads: int = 4
     mlp_blocks: int = 2
     sentence_dim: int = 384
+    copy_modules: list[str] = field(default_factory=lambda: ["down_proj"])  # B columns get copied token embeddings
+    copy_dim: int = 64
     use_sentence: bool = True
     use_tokens: bool = True
 

@@ -18,7 +18,8 @@ from hyperadapter.base import Base
 
 
 class TokenFeatures:
-    """`__call__(chunks) -> (features [n, T, hidden], mask [n, T])` with no gradients."""
+    """`__call__(chunks) -> (features [n, T, hidden], mask [n, T], token embeddings [n, T, hidden])`,
+    with no gradients."""
 
     def __init__(self, base: Base, layer: int):
         self.base = base
@@ -35,10 +36,14 @@ class TokenFeatures:
         self._lock = threading.Lock()
 
     @torch.no_grad()
-    def __call__(self, chunks: list[list[int]], batch_size: int = 8) -> tuple[Tensor, Tensor]:
+    def embed(self, ids: Tensor) -> Tensor:
+        return self.base.model.get_input_embeddings()(ids)
+
+    @torch.no_grad()
+    def __call__(self, chunks: list[list[int]], batch_size: int = 8) -> tuple[Tensor, Tensor, Tensor]:
         if not chunks:
             hidden = self.base.config.hidden_size
-            return torch.zeros(0, 0, hidden), torch.zeros(0, 0, dtype=torch.long)
+            return torch.zeros(0, 0, hidden), torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0, hidden)
         length = max(len(c) for c in chunks)
         ids = torch.full((len(chunks), length), self.pad_id, dtype=torch.long)
         mask = torch.zeros(len(chunks), length, dtype=torch.long)
@@ -47,8 +52,11 @@ class TokenFeatures:
             mask[i, :len(c)] = 1
         outs = []
         for s in range(0, len(chunks), batch_size):
-            outs.append(self._forward(ids[s:s + batch_size], mask[s:s + batch_size]))
-        return torch.cat(outs), mask
+            # each sub-batch padded only to its own longest chunk
+            width = int(mask[s:s + batch_size].sum(-1).max())
+            part = self._forward(ids[s:s + batch_size, :width], mask[s:s + batch_size, :width])
+            outs.append(torch.nn.functional.pad(part, (0, 0, 0, length - width)))
+        return torch.cat(outs), mask, self.embed(ids)
 
     def _forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         if self.view is not None:

@@ -7,6 +7,12 @@ result after any number of chunks equals attention over all of them at once. Eac
 plus the sentence embedding and a kind embedding, goes through shared MLP blocks, and a head per
 module type turns it into one row of A and one column of B. B's per-(layer, module) scale starts at
 zero, so a fresh generator emits zero updates: the base model unchanged.
+
+A second, single-head "copy" attention has the context's *token embeddings* as values. For modules
+that write into the residual stream (down_proj), each B column also gets a gated mixture of those
+embeddings: with the LM head tied to the embeddings, an adapter can then raise the logits of words
+that were in the context (a name in a chat, an answer span in a document) when its A row fires.
+Without it, early training learned a context-independent "answer format" adapter and little else.
 """
 
 from __future__ import annotations
@@ -21,27 +27,45 @@ from torch import Tensor, nn
 from hyperadapter.generator.config import KIND_IDS, GeneratorConfig
 
 
+FIELDS = ("max", "norm", "sum", "copy_max", "copy_norm", "copy_sum")
+
+
 @dataclass
 class AttentionState:
-    """Running softmax statistics per context: max [B, N, h], normaliser [B, N, h], sum [B, N, h, dh]."""
+    """Running softmax statistics per context: max [B, N, h], normaliser [B, N, h], sum [B, N, h, dh];
+    and the copy head's: copy_max [B, N], copy_norm [B, N], copy_sum [B, N, hidden]."""
 
     max: Tensor
     norm: Tensor
     sum: Tensor
+    copy_max: Tensor
+    copy_norm: Tensor
+    copy_sum: Tensor
 
     def detach(self) -> "AttentionState":
-        return AttentionState(self.max.detach(), self.norm.detach(), self.sum.detach())
-
-    def select(self, i: int) -> "AttentionState":
-        return AttentionState(self.max[i:i + 1], self.norm[i:i + 1], self.sum[i:i + 1])
+        return AttentionState(*(getattr(self, f).detach() for f in FIELDS))
 
     @staticmethod
     def cat(states: list["AttentionState"]) -> "AttentionState":
-        return AttentionState(torch.cat([s.max for s in states]), torch.cat([s.norm for s in states]),
-                              torch.cat([s.sum for s in states]))
+        return AttentionState(*(torch.cat([getattr(s, f) for s in states]) for f in FIELDS))
 
     def tensors(self, prefix: str = "") -> dict[str, Tensor]:
-        return {f"{prefix}max": self.max, f"{prefix}norm": self.norm, f"{prefix}sum": self.sum}
+        return {f"{prefix}{f}": getattr(self, f) for f in FIELDS}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], prefix: str = "") -> "AttentionState":
+        return cls(*(tensors[f"{prefix}{f}"] for f in FIELDS))
+
+
+def _online(old_max: Tensor, old_norm: Tensor, old_sum: Tensor, scores: Tensor, values: Tensor,
+            equation: str) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of streaming softmax attention: fold new `scores` (token axis last) and `values`."""
+    new_max = torch.maximum(old_max, scores.amax(-1))
+    carry = torch.exp(old_max - new_max)
+    weights = torch.exp(scores - new_max[..., None])  # masked tokens: exp(-inf) = 0
+    norm = old_norm * carry + weights.sum(-1)
+    total = old_sum * carry[..., None] + torch.einsum(equation, weights, values)
+    return new_max, norm, total
 
 
 class MLPBlock(nn.Module):
@@ -75,6 +99,16 @@ class HyperNetwork(nn.Module):
         self.null_k = nn.Parameter(torch.zeros(d))  # an always-present key/value: empty contexts are defined
         self.null_v = nn.Parameter(torch.zeros(d))
         self.attn_out = nn.Linear(d, d)
+        # the copy head: scores from the same features, values = the context's token embeddings
+        self.copy_modules = [m for m in c.module_names if m in c.copy_modules]
+        for m in self.copy_modules:
+            if c.shape(m)[1] != c.hidden_size:
+                raise ValueError(f"copy module {m} must write into the residual stream ({c.hidden_size} wide)")
+        self.copy_q = nn.Linear(d, c.copy_dim, bias=False)
+        self.copy_k = nn.Linear(c.hidden_size, c.copy_dim, bias=False)
+        self.copy_null_k = nn.Parameter(torch.zeros(c.copy_dim))
+        self.copy_gain = nn.ParameterDict({m: nn.Parameter(torch.zeros(c.num_layers, 1, c.rank))
+                                           for m in self.copy_modules})
         self.sentence = nn.Linear(c.sentence_dim, d) if c.use_sentence else None
         self.kind_emb = nn.Embedding(len(KIND_IDS), d)
         nn.init.normal_(self.kind_emb.weight, std=0.02)
@@ -97,28 +131,36 @@ class HyperNetwork(nn.Module):
 
     def init_state(self, batch: int) -> AttentionState:
         """The state of a context that has seen no tokens yet: only the null key/value."""
-        q = self._heads(self.to_q(self.queries()))  # [N, h, dh]
+        queries = self.queries()
+        q = self._heads(self.to_q(queries))  # [N, h, dh]
         score = (q * self._heads(self.null_k)).sum(-1) / math.sqrt(self.dh)  # [N, h]
-        n = self.n_queries
+        copy_score = self.copy_q(queries) @ self.copy_null_k / math.sqrt(self.config.copy_dim)  # [N]
+        n, hidden = self.n_queries, self.config.hidden_size
         return AttentionState(max=score.expand(batch, n, self.h).clone(),
                               norm=torch.ones(batch, n, self.h, dtype=score.dtype),
-                              sum=self._heads(self.null_v).expand(batch, n, self.h, self.dh).clone())
+                              sum=self._heads(self.null_v).expand(batch, n, self.h, self.dh).clone(),
+                              copy_max=copy_score.expand(batch, n).clone(),
+                              copy_norm=torch.ones(batch, n, dtype=score.dtype),
+                              copy_sum=torch.zeros(batch, n, hidden, dtype=score.dtype))
 
-    def absorb(self, state: AttentionState, features: Tensor, mask: Tensor) -> AttentionState:
-        """Fold token features [B, T, hidden] (mask [B, T]: 1 = real token) into the running state."""
+    def absorb(self, state: AttentionState, features: Tensor, mask: Tensor, embeddings: Tensor) -> AttentionState:
+        """Fold token features [B, T, hidden] and the tokens' input embeddings [B, T, hidden]
+        (mask [B, T]: 1 = real token) into the running state."""
         if features.shape[1] == 0:
             return state
         x = self.feature_norm(features.to(self.null_k.dtype))
+        queries = self.queries()
         k, v = self._heads(self.to_k(x)), self._heads(self.to_v(x))  # [B, T, h, dh]
-        q = self._heads(self.to_q(self.queries()))  # [N, h, dh]
+        q = self._heads(self.to_q(queries))  # [N, h, dh]
+        pad = ~mask.bool()
         scores = torch.einsum("nhd,bthd->bnht", q, k) / math.sqrt(self.dh)
-        scores = scores.masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
-        new_max = torch.maximum(state.max, scores.amax(-1))
-        carry = torch.exp(state.max - new_max)
-        weights = torch.exp(scores - new_max[..., None])  # masked tokens: exp(-inf) = 0
-        norm = state.norm * carry + weights.sum(-1)
-        total = state.sum * carry[..., None] + torch.einsum("bnht,bthd->bnhd", weights, v)
-        return AttentionState(new_max, norm, total)
+        scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
+        main = _online(state.max, state.norm, state.sum, scores, v, "bnht,bthd->bnhd")
+        copy_scores = torch.einsum("nc,btc->bnt", self.copy_q(queries), self.copy_k(x)) / math.sqrt(self.config.copy_dim)
+        copy_scores = copy_scores.masked_fill(pad[:, None, :], float("-inf"))
+        copy = _online(state.copy_max, state.copy_norm, state.copy_sum, copy_scores,
+                       embeddings.to(x.dtype), "bnt,bth->bnh")
+        return AttentionState(*main, *copy)
 
     # ------------------------------------------------------------ factors
     def factors(self, state: AttentionState, sentence: Tensor | None, kind_ids: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
@@ -134,19 +176,23 @@ class HyperNetwork(nn.Module):
             z = block(z)
         z = self.out_norm(z).reshape(batch, c.num_layers, self.n_modules, c.rank, -1)
         out = {}
+        copied = (state.copy_sum / state.copy_norm[..., None]).reshape(
+            batch, c.num_layers, self.n_modules, c.rank, -1)  # [B, L, M, r, hidden]
         for i, m in enumerate(c.module_names):
             fan_in, fan_out = c.shape(m)
             rows = self.heads[m](z[:, :, i])  # [B, L, r, in + out]
             a = rows[..., :fan_in] * self.scale_a[m]
-            b = (rows[..., fan_in:] * self.scale_b[m]).transpose(-1, -2)  # [B, L, out, r]
-            out[m] = (a, b)
+            b = rows[..., fan_in:] * self.scale_b[m]  # [B, L, r, out]
+            if m in self.copy_gain:
+                b = b + copied[:, :, i] * self.copy_gain[m].transpose(-1, -2)
+            out[m] = (a, b.transpose(-1, -2))  # B: [B, L, out, r]
         return out
 
-    def forward(self, features: Tensor, mask: Tensor, sentence: Tensor | None, kind_ids: Tensor,
-                use_tokens: bool = True) -> dict[str, tuple[Tensor, Tensor]]:
+    def forward(self, features: Tensor, mask: Tensor, embeddings: Tensor, sentence: Tensor | None,
+                kind_ids: Tensor, use_tokens: bool = True) -> dict[str, tuple[Tensor, Tensor]]:
         """The whole pass for a batch of contexts given at once (training goes through here, so that
         a DistributedDataParallel wrapper sees it)."""
         state = self.init_state(kind_ids.shape[0])
         if use_tokens:
-            state = self.absorb(state, features, mask)
+            state = self.absorb(state, features, mask, embeddings)
         return self.factors(state, sentence, kind_ids)

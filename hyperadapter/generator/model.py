@@ -63,7 +63,7 @@ class ContextStream:
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, str]) -> "ContextStream":
-        state = AttentionState(tensors["state.max"], tensors["state.norm"], tensors["state.sum"])
+        state = AttentionState.from_tensors(tensors, "state.")
         return cls(kind=meta["kind"], committed=state, tail=tensors["tail"].tolist(),
                    sentence_sum=tensors["sentence_sum"], sentence_weight=float(meta["sentence_weight"]),
                    n_tokens=int(meta["n_tokens"]), n_segments=int(meta["n_segments"]))
@@ -132,21 +132,22 @@ class Generator:
         flat = [c for chunks in chunks_per_row for c in chunks]
         if not flat:
             return states
-        feats, mask = self.features(flat)
+        feats, mask, emb = self.features(flat)
         # regroup: a row's chunks side by side become one long token axis (softmax over all is the same)
         rows = []
         i = 0
         width = max(len(chunks) for chunks in chunks_per_row) * feats.shape[1]
+        pad = torch.nn.functional.pad
         for chunks in chunks_per_row:
             n = len(chunks)
             f = feats[i:i + n].reshape(1, -1, feats.shape[-1])
+            e = emb[i:i + n].reshape(1, -1, emb.shape[-1])
             m = mask[i:i + n].reshape(1, -1)
-            pad = width - f.shape[1]
-            rows.append((torch.nn.functional.pad(f, (0, 0, 0, pad)), torch.nn.functional.pad(m, (0, pad))))
+            extra = width - f.shape[1]
+            rows.append((pad(f, (0, 0, 0, extra)), pad(m, (0, extra)), pad(e, (0, 0, 0, extra))))
             i += n
-        f = torch.cat([r[0] for r in rows])
-        m = torch.cat([r[1] for r in rows])
-        return self.hypernet.absorb(states, f, m)
+        f, m, e = (torch.cat([r[j] for r in rows]) for j in range(3))
+        return self.hypernet.absorb(states, f, m, e)
 
     def _chunks(self, tokens: list[int]) -> tuple[list[list[int]], list[int]]:
         """Complete chunks, and the incomplete tail."""
@@ -254,8 +255,8 @@ class Generator:
 
     @torch.no_grad()
     def context_features(self, contexts: Sequence[Sequence[str]]) -> list[tuple[Tensor, Tensor]]:
-        """Per context (given as segments): (features [T, H] fp16, mask [T]), chunked as everywhere
-        else, with all contexts' chunks in one batched pass through the base."""
+        """Per context (given as segments): (features [T, H] fp16, token ids [T]), chunked as
+        everywhere else, with all contexts' chunks in one batched pass through the base."""
         per_context = []
         for segments in contexts:
             tokens = [t for s in segments for t in self.segment_tokens(s)]
@@ -264,7 +265,7 @@ class Generator:
         flat = [c for chunks in per_context for c in chunks]
         out = []
         if flat:
-            feats, mask = self.features(flat)
+            feats, mask, _ = self.features(flat)
         i = 0
         for chunks in per_context:
             n = len(chunks)
@@ -273,6 +274,7 @@ class Generator:
                 continue
             f, m = feats[i:i + n], mask[i:i + n]
             keep = m.reshape(-1).bool()
-            out.append((f.reshape(-1, f.shape[-1])[keep].half(), torch.ones(int(keep.sum()), dtype=torch.long)))
+            ids = torch.tensor([t for c in chunks for t in c], dtype=torch.long)
+            out.append((f.reshape(-1, f.shape[-1])[keep].half(), ids))
             i += n
         return out

@@ -65,11 +65,14 @@ class FeatureCache:
         return out_feats, torch.stack(out_sent)
 
 
-def _pad_features(features: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad_features(features: list[tuple[torch.Tensor, torch.Tensor]], embed) -> tuple[torch.Tensor, ...]:
+    """Cached (features, token ids) per context -> padded features, mask and token embeddings."""
     width = max(1, max(f.shape[0] for f, _ in features))
-    feats = torch.stack([torch.nn.functional.pad(f.float(), (0, 0, 0, width - f.shape[0])) for f, _ in features])
-    mask = torch.stack([torch.nn.functional.pad(m, (0, width - m.shape[0])) for _, m in features])
-    return feats, mask
+    pad = torch.nn.functional.pad
+    feats = torch.stack([pad(f.float(), (0, 0, 0, width - f.shape[0])) for f, _ in features])
+    mask = torch.stack([pad(torch.ones_like(ids), (0, width - ids.shape[0])) for _, ids in features])
+    ids = torch.stack([pad(ids, (0, width - ids.shape[0])) for _, ids in features])
+    return feats, mask, embed(ids)
 
 
 class Trainer:
@@ -131,9 +134,9 @@ class Trainer:
         to a 300-token task input would triple the base's work."""
         r = self.recipe
         features, sentences = self.cache.get(examples)
-        feats, mask = _pad_features(features)
+        feats, mask, emb = _pad_features(features, self.generator.features.embed)
         kinds = torch.tensor([KIND_IDS[e.kind] for e in examples])
-        factors = self.model(feats, mask, sentences, kinds, use_tokens=self.generator.config.use_tokens)
+        factors = self.model(feats, mask, emb, sentences, kinds, use_tokens=self.generator.config.use_tokens)
         runtime_factors = self.generator.runtime_factors(factors)
         inputs = [truncate_input(self.base, e.input, r.max_prompt_tokens) for e in examples]
         prompts = [query_prompt(self.base, x) for x in inputs]
