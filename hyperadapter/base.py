@@ -126,6 +126,9 @@ def load_base(name_or_path: str = "default", models_dir: Path | None = None,
               dtype: torch.dtype = torch.float32) -> Base:
     """Load a frozen causal LM (eval mode, no gradients) and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a 2-second load needs no bar; ours are on the long jobs
 
     if models_dir is None:
         from hyperadapter.config import default_data_root

@@ -42,7 +42,7 @@ class EvalConfig:
     systems: list[str] = field(default_factory=lambda: [
         "base", "base+context", "generated", "generated-wrong", "multitask-lora", "per-task-lora"])
     generator: str = ""  # default: the shipped checkpoint
-    multitask_lora: str = "checkpoints/multitask-lora"
+    multitask_lora: str = "runs/multitask-lora"
     task_lora_steps: int = 80
     blend_k: int = 4  # the blend system: top-k catalogue neighbours
     blend_catalogue: int = 300  # training contexts per kind in its catalogue

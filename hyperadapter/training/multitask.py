@@ -20,7 +20,7 @@ from hyperadapter.training.lora import train_lora
 @dataclass
 class MultitaskRecipe:
     trainer: str = "multitask-lora"
-    out_dir: str = "checkpoints/multitask-lora"
+    out_dir: str = "runs/multitask-lora"
     data_dir: str = ""
     base_model: str = "default"
     steps: int = 1500
