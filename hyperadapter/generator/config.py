@@ -30,6 +30,10 @@ class GeneratorConfig:
     sentence_dim: int = 384
     copy_modules: list[str] = field(default_factory=lambda: ["down_proj"])  # B columns get copied token embeddings
     copy_dim: int = 64
+    # The copied embeddings (norm ~3) must move a residual stream whose norm is ~10^2-10^3, and Adam
+    # moves a parameter by ~lr per step whatever its gradient: the gain is learned as raw * copy_scale
+    # so that it can reach the needed size in hundreds of steps, not tens of thousands.
+    copy_scale: float = 200.0
     use_sentence: bool = True
     use_tokens: bool = True
 

@@ -184,7 +184,8 @@ class HyperNetwork(nn.Module):
             a = rows[..., :fan_in] * self.scale_a[m]
             b = rows[..., fan_in:] * self.scale_b[m]  # [B, L, r, out]
             if m in self.copy_gain:
-                b = b + copied[:, :, i] * self.copy_gain[m].transpose(-1, -2)
+                gain = self.copy_gain[m].transpose(-1, -2) * self.config.copy_scale
+                b = b + copied[:, :, i] * gain
             out[m] = (a, b.transpose(-1, -2))  # B: [B, L, out, r]
         return out
 
