@@ -81,7 +81,8 @@ def build_systems(config: EvalConfig, settings: Settings, base, runtime, generat
             system = AdapterSystem(base, make, name=f"blend of {config.blend_k} nearest training adapters")
             systems.append(system)
         elif name == "per-task-lora":
-            systems.append(PerTaskLoraSystem(base, runtime, steps=config.task_lora_steps, seed=config.seed))
+            systems.append(PerTaskLoraSystem(base, runtime, steps=config.task_lora_steps, seed=config.seed,
+                                             batch_size=config.task_lora_batch))
     return systems
 
 

@@ -87,10 +87,11 @@ class PerTaskLoraSystem(System):
     name = "per-task LoRA (oracle)"
     kinds = ("task", "demonstrations")
 
-    def __init__(self, base: Base, runtime, steps: int = 80, seed: int = 0):
+    def __init__(self, base: Base, runtime, steps: int = 80, seed: int = 0, batch_size: int = 8):
         super().__init__(base)
         self.runtime = runtime
         self.steps = steps
+        self.batch_size = batch_size
         self.seed = seed
         self.cache: dict[str, Adapter] = {}
 
@@ -102,6 +103,7 @@ class PerTaskLoraSystem(System):
             if not pairs:
                 return None
             start = time.perf_counter()
-            self.cache[task_id] = train_lora(self.base, self.runtime, pairs, steps=self.steps, seed=self.seed)
+            self.cache[task_id] = train_lora(self.base, self.runtime, pairs, steps=self.steps,
+                                               batch_size=self.batch_size, seed=self.seed)
             self.adapter_seconds.append(time.perf_counter() - start)
         return self.cache[task_id]

@@ -53,7 +53,9 @@ class GeneratorConfig:
 
     @classmethod
     def load(cls, path: Path) -> "GeneratorConfig":
-        return cls(**json.loads(Path(path).read_text()))
+        raw = json.loads(Path(path).read_text())
+        raw.setdefault("copy_scale", 1.0)  # checkpoints written before copy_scale existed learned the gain unscaled
+        return cls(**raw)
 
     @classmethod
     def for_base(cls, base, target_modules: tuple[str, ...] = ("q_proj", "v_proj", "down_proj"), **kw) -> "GeneratorConfig":

@@ -120,6 +120,13 @@ class HyperNetwork(nn.Module):
                                          for m in c.module_names})
         self.scale_b = nn.ParameterDict({m: nn.Parameter(torch.zeros(c.num_layers, 1, 1)) for m in c.module_names})
 
+    @torch.no_grad()
+    def set_copy_scale(self, scale: float) -> None:
+        """Change how the copy gain is parametrised (raw * scale) without changing what it computes."""
+        for gain in self.copy_gain.values():
+            gain.mul_(self.config.copy_scale / scale)
+        self.config.copy_scale = scale
+
     # ------------------------------------------------------------ attention over the context
     def queries(self) -> Tensor:
         q = self.layer_emb + self.module_emb + self.slot_emb + self.query_free  # [L, M, r, d]

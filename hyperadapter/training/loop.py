@@ -93,6 +93,8 @@ class Trainer:
         if recipe.init_from:
             self.generator = Generator.from_pretrained(recipe.init_from, self.base, encoder)
             self.generator.hypernet.requires_grad_(True)
+            if "copy_scale" in recipe.generator:  # continuing with a faster-learning copy gain
+                self.generator.hypernet.set_copy_scale(float(recipe.generator["copy_scale"]))
         else:
             self.generator = Generator.fresh(self.base, encoder, seed=recipe.seed, **recipe.generator)
         data_dir = Path(recipe.data_dir) if recipe.data_dir else settings.prepared_data_dir
