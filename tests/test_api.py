@@ -42,7 +42,7 @@ def start_server(tmp_path: Path, **env_overrides) -> tuple[subprocess.Popen, str
     proc = subprocess.Popen([sys.executable, "-m", "hyperadapter.cli", "serve"], env=env, cwd=REPO_ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
+    deadline = time.time() + 600  # a busy machine can take minutes to load the model
     try:
         while time.time() < deadline:
             if proc.poll() is not None:
