@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from hyperadapter.config import default_data_root  # noqa: E402
 
 
-def start(root: Path) -> tuple[subprocess.Popen, str]:
+def start_server(root: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start(Path(tmp))
+        proc, url = start_server(Path(tmp))
         try:
             ids = []
             for i in range(args.clients):
@@ -80,20 +80,20 @@ def main() -> None:
                 ids.append(r.json()["id"])
             chat(url, ids[0], 0, 4)  # warm-up
 
-            start = time.perf_counter()
+            began = time.perf_counter()
             seq = [chat(url, ids[i], i, args.tokens) for i in range(args.clients)]
-            seq_wall = time.perf_counter() - start
+            seq_wall = time.perf_counter() - began
 
             results: list = [None] * args.clients
             def client(i: int) -> None:
                 results[i] = chat(url, ids[i], i, args.tokens)
             threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
-            start = time.perf_counter()
+            began = time.perf_counter()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
-            con_wall = time.perf_counter() - start
+            con_wall = time.perf_counter() - began
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
