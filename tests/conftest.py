@@ -43,6 +43,15 @@ def make_adapter(base, seed: int, modules=("q_proj", "v_proj"), rank: int = 8, s
     return Adapter(weights, alpha, base.model_id, {"seed": str(seed)})
 
 
+def perturb_generator(generator, seed: int = 0):
+    """Give a fresh generator nonzero output scales (as training would) so its adapters are not zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in list(generator.hypernet.scale_b.values()) + list(generator.hypernet.copy_gain.values()):
+            p.copy_(torch.rand(p.shape, generator=g) * 0.2 + 0.05)
+    return generator
+
+
 def write_tiny_data(root):
     """A handful of records of every kind, in the prepared layout, made here."""
     from hyperadapter.data.schema import ContextRecord, Query, write_records

@@ -13,20 +13,12 @@ import torch
 
 from hyperadapter.config import REPO_ROOT, default_data_root
 from hyperadapter.generator import Generator, GeneratorError
-from tests.conftest import write_tiny_data
+from tests.conftest import perturb_generator as _perturb, write_tiny_data
 
 
 @pytest.fixture(scope="module")
 def fresh(base, sentence_encoder):
     return Generator.fresh(base, sentence_encoder, seed=0)
-
-
-def _perturb(generator, seed=0):
-    """Give a fresh generator nonzero output scales (as training would) so its adapters are not zero."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in list(generator.hypernet.scale_b.values()) + list(generator.hypernet.copy_gain.values()):
-            p.copy_(torch.rand(p.shape, generator=g) * 0.2 + 0.05)
 
 
 def test_shapes_and_zero_init(base, runtime, fresh):
@@ -151,3 +143,28 @@ def _base_and_encoder():
     from hyperadapter.base import load_base
     from hyperadapter.embedding import SentenceEncoder
     return load_base("default", default_data_root() / "models"), SentenceEncoder()
+
+
+def test_bf16_training_loss_is_close_to_float32_and_reaches_the_generator(base, runtime, sentence_encoder):
+    from hyperadapter.training.objectives import answer_loss, encode_pairs
+    g = Generator.fresh(base, sentence_encoder, seed=4)
+    with torch.no_grad():  # a small adapter, of the size training starts from (not _perturb's large one)
+        for scale in g.hypernet.scale_b.values():
+            scale.fill_(0.01)
+    g.hypernet.requires_grad_(True)
+    batch = encode_pairs(base, ["The capital of France is", "Two plus two is"], [" Paris", " four"])
+    losses = []
+    for bf16 in (False, True):
+        adapter_factors = g.runtime_factors(g.hypernet(*_features(g, ["Facts about France."] * 2)))
+        loss = answer_loss(base, runtime, batch, adapter_factors, bf16=bf16)
+        loss.backward()
+        losses.append(float(loss))
+    assert abs(losses[0] - losses[1]) < 0.05 * losses[0], losses
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in g.hypernet.scale_b.values())
+
+
+def _features(g, contexts):
+    from hyperadapter.training.loop import _pad_features
+    feats, mask, emb = _pad_features(g.context_features([[c] for c in contexts]), g.features.embed)
+    sentence = torch.nn.functional.normalize(g.sentence_encoder.encode(contexts), dim=-1)
+    return feats, mask, emb, sentence, torch.zeros(len(contexts), dtype=torch.long)

@@ -69,6 +69,8 @@ class Users:
             folder.mkdir(parents=True, exist_ok=True)
             old = self.info(tenant, name)
             stream = self._load_stream(folder) if old else self.generator.stream("conversation")
+            if stream.generator != self.generator.name:
+                stream = self._reread(folder)  # the generator was replaced since: its state is meaningless now
             segments = [f"{m['role']}: {m['content']}\n" for m in messages]
             digest = hashlib.sha256(((old or {}).get("history_hash", "") + "".join(segments)).encode()).hexdigest()
             with self._generate_lock:
@@ -97,6 +99,17 @@ class Users:
         with safe_open(path, "pt") as f:
             meta = f.metadata()
         return ContextStream.from_tensors(load_file(path), meta)
+
+    def _reread(self, folder: Path) -> ContextStream:
+        """A fresh stream over the user's whole recorded history (only after a generator change)."""
+        stream = self.generator.stream("conversation")
+        history = folder / "messages.jsonl"
+        if history.is_file():
+            lines = [json.loads(line) for line in history.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if lines:
+                with self._generate_lock:
+                    stream = self.generator.append(stream, [f"{m['role']}: {m['content']}\n" for m in lines])
+        return stream
 
     def forget(self, tenant: str, name: str) -> bool:
         """Delete the user's memories and every adapter they own. True if there was anything."""

@@ -34,6 +34,7 @@ class GeneratorConfig:
     # moves a parameter by ~lr per step whatever its gradient: the gain is learned as raw * copy_scale
     # so that it can reach the needed size in hundreds of steps, not tens of thousands.
     copy_scale: float = 200.0
+    copy_features: bool = True  # the copy attention's pooled features inform each slot's latent (hypernet.py)
     use_sentence: bool = True
     use_tokens: bool = True
 
@@ -55,6 +56,7 @@ class GeneratorConfig:
     def load(cls, path: Path) -> "GeneratorConfig":
         raw = json.loads(Path(path).read_text())
         raw.setdefault("copy_scale", 1.0)  # checkpoints written before copy_scale existed learned the gain unscaled
+        raw.setdefault("copy_features", False)  # nor did they pool copied features
         return cls(**raw)
 
     @classmethod

@@ -13,6 +13,9 @@ that write into the residual stream (down_proj), each B column also gets a gated
 embeddings: with the LM head tied to the embeddings, an adapter can then raise the logits of words
 that were in the context (a name in a chat, an answer span in a document) when its A row fires.
 Without it, early training learned a context-independent "answer format" adapter and little else.
+With `copy_features`, the copy attention also pools the *features* of the tokens it picks, and they
+join the query's latent: a slot then knows what it copied and in what context, so its A row (when
+the slot fires) can depend on the copied word instead of being the same for every context.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ FIELDS = ("max", "norm", "sum", "copy_max", "copy_norm", "copy_sum")
 @dataclass
 class AttentionState:
     """Running softmax statistics per context: max [B, N, h], normaliser [B, N, h], sum [B, N, h, dh];
-    and the copy head's: copy_max [B, N], copy_norm [B, N], copy_sum [B, N, hidden]."""
+    and the copy head's: copy_max [B, N], copy_norm [B, N], copy_sum [B, N, hidden] (token
+    embeddings) or [B, N, 2 * hidden] (embeddings, then features, with `copy_features`)."""
 
     max: Tensor
     norm: Tensor
@@ -109,6 +113,7 @@ class HyperNetwork(nn.Module):
         self.copy_null_k = nn.Parameter(torch.zeros(c.copy_dim))
         self.copy_gain = nn.ParameterDict({m: nn.Parameter(torch.zeros(c.num_layers, 1, c.rank))
                                            for m in self.copy_modules})
+        self.copy_feature = nn.Linear(c.hidden_size, d) if c.copy_features else None
         self.sentence = nn.Linear(c.sentence_dim, d) if c.use_sentence else None
         self.kind_emb = nn.Embedding(len(KIND_IDS), d)
         nn.init.normal_(self.kind_emb.weight, std=0.02)
@@ -148,7 +153,11 @@ class HyperNetwork(nn.Module):
                               sum=self._heads(self.null_v).expand(batch, n, self.h, self.dh).clone(),
                               copy_max=copy_score.expand(batch, n).clone(),
                               copy_norm=torch.ones(batch, n, dtype=score.dtype),
-                              copy_sum=torch.zeros(batch, n, hidden, dtype=score.dtype))
+                              copy_sum=torch.zeros(batch, n, hidden * self.copy_width, dtype=score.dtype))
+
+    @property
+    def copy_width(self) -> int:
+        return 2 if self.copy_feature is not None else 1
 
     def absorb(self, state: AttentionState, features: Tensor, mask: Tensor, embeddings: Tensor) -> AttentionState:
         """Fold token features [B, T, hidden] and the tokens' input embeddings [B, T, hidden]
@@ -165,8 +174,10 @@ class HyperNetwork(nn.Module):
         main = _online(state.max, state.norm, state.sum, scores, v, "bnht,bthd->bnhd")
         copy_scores = torch.einsum("nc,btc->bnt", self.copy_q(queries), self.copy_k(x)) / math.sqrt(self.config.copy_dim)
         copy_scores = copy_scores.masked_fill(pad[:, None, :], float("-inf"))
-        copy = _online(state.copy_max, state.copy_norm, state.copy_sum, copy_scores,
-                       embeddings.to(x.dtype), "bnt,bth->bnh")
+        copy_values = embeddings.to(x.dtype)
+        if self.copy_feature is not None:
+            copy_values = torch.cat([copy_values, x], -1)
+        copy = _online(state.copy_max, state.copy_norm, state.copy_sum, copy_scores, copy_values, "bnt,bth->bnh")
         return AttentionState(*main, *copy)
 
     # ------------------------------------------------------------ factors
@@ -175,7 +186,11 @@ class HyperNetwork(nn.Module):
         c = self.config
         batch = state.sum.shape[0]
         attended = (state.sum / state.norm[..., None]).reshape(batch, self.n_queries, -1)
+        hidden = c.hidden_size
+        copied_all = state.copy_sum / state.copy_norm[..., None]  # [B, N, hidden * copy_width]
         z = self.queries()[None] + self.attn_out(attended)
+        if self.copy_feature is not None:
+            z = z + self.copy_feature(copied_all[..., hidden:])
         z = z + self.kind_emb(kind_ids)[:, None, :]
         if self.sentence is not None and sentence is not None:
             z = z + self.sentence(sentence.to(z.dtype))[:, None, :]
@@ -183,8 +198,7 @@ class HyperNetwork(nn.Module):
             z = block(z)
         z = self.out_norm(z).reshape(batch, c.num_layers, self.n_modules, c.rank, -1)
         out = {}
-        copied = (state.copy_sum / state.copy_norm[..., None]).reshape(
-            batch, c.num_layers, self.n_modules, c.rank, -1)  # [B, L, M, r, hidden]
+        copied = copied_all[..., :hidden].reshape(batch, c.num_layers, self.n_modules, c.rank, -1)  # [B, L, M, r, hidden]
         for i, m in enumerate(c.module_names):
             fan_in, fan_out = c.shape(m)
             rows = self.heads[m](z[:, :, i])  # [B, L, r, in + out]

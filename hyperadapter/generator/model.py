@@ -52,13 +52,14 @@ class ContextStream:
     sentence_weight: float = 0.0
     n_tokens: int = 0
     n_segments: int = 0
+    generator: str = ""  # the generator that read it: another generator's state means nothing to this one
 
     def to_tensors(self) -> tuple[dict[str, Tensor], dict[str, str]]:
         tensors = self.committed.tensors("state.")
         tensors["tail"] = torch.tensor(self.tail, dtype=torch.long)
         tensors["sentence_sum"] = self.sentence_sum
         meta = {"kind": self.kind, "sentence_weight": repr(self.sentence_weight),
-                "n_tokens": str(self.n_tokens), "n_segments": str(self.n_segments)}
+                "n_tokens": str(self.n_tokens), "n_segments": str(self.n_segments), "generator": self.generator}
         return tensors, meta
 
     @classmethod
@@ -66,7 +67,8 @@ class ContextStream:
         state = AttentionState.from_tensors(tensors, "state.")
         return cls(kind=meta["kind"], committed=state, tail=tensors["tail"].tolist(),
                    sentence_sum=tensors["sentence_sum"], sentence_weight=float(meta["sentence_weight"]),
-                   n_tokens=int(meta["n_tokens"]), n_segments=int(meta["n_segments"]))
+                   n_tokens=int(meta["n_tokens"]), n_segments=int(meta["n_segments"]),
+                   generator=meta.get("generator", ""))
 
 
 class Generator:
@@ -160,7 +162,8 @@ class Generator:
         check_kind(kind)
         with torch.no_grad():
             state = self.hypernet.init_state(1)
-        return ContextStream(kind=kind, committed=state, sentence_sum=torch.zeros(self.config.sentence_dim))
+        return ContextStream(kind=kind, committed=state, sentence_sum=torch.zeros(self.config.sentence_dim),
+                             generator=self.name)
 
     @torch.no_grad()
     def append(self, stream: ContextStream, segments: Sequence[str]) -> ContextStream:
@@ -174,7 +177,7 @@ class Generator:
         return ContextStream(kind=stream.kind, committed=committed.detach(), tail=tail,
                              sentence_sum=stream.sentence_sum + sent, sentence_weight=stream.sentence_weight + weight,
                              n_tokens=stream.n_tokens + len(tokens) - len(stream.tail),
-                             n_segments=stream.n_segments + len(segments))
+                             n_segments=stream.n_segments + len(segments), generator=stream.generator)
 
     @torch.no_grad()
     def adapter_from_stream(self, stream: ContextStream, metadata: dict | None = None) -> Adapter:

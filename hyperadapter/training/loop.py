@@ -153,13 +153,13 @@ class Trainer:
             targets = [examples[i].target for i in rows]
             student = encode_pairs(self.base, [prompts[i] for i in rows], targets, r.max_target_tokens)
             share = len(rows) / len(examples)
-            totals["answer"] = totals["answer"] + share * answer_loss(self.base, self.runtime, student, sliced)
+            totals["answer"] = totals["answer"] + share * answer_loss(self.base, self.runtime, student, sliced, r.bf16)
             if distill:
                 teacher = encode_pairs(self.base, [context_prompt(self.base, examples[i].kind, examples[i].context,
                                                                   inputs[i]) for i in rows],
                                        targets, r.max_target_tokens)
                 totals["distill"] = totals["distill"] + share * distill_loss(
-                    self.base, self.runtime, student, teacher, sliced)
+                    self.base, self.runtime, student, teacher, sliced, r.bf16)
         out = {"answer": totals["answer"]}
         if distill:
             out["distill"] = totals["distill"]
@@ -201,7 +201,7 @@ class Trainer:
                 prompts = [query_prompt(self.base, truncate_input(self.base, e.input, r.max_prompt_tokens))
                            for e in chunk]
                 batch = encode_pairs(self.base, prompts, [e.target for e in chunk], r.max_target_tokens)
-                base.append(answer_loss(self.base, self.runtime, batch, None))
+                base.append(answer_loss(self.base, self.runtime, batch, None, r.bf16))
             out[f"val_{kind}"] = float(torch.stack(gen).mean())
             out[f"val_{kind}_wrong"] = float(torch.stack(wrong).mean())
             out[f"val_{kind}_base"] = float(torch.stack(base).mean())

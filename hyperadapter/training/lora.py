@@ -26,7 +26,8 @@ DEFAULT_MODULES = ("q_proj", "v_proj", "down_proj")
 def train_lora(base: Base, runtime: LoraRuntime, pairs: Sequence[tuple[str, str]], steps: int = 100,
                lr: float = 1e-3, batch_size: int = 8, rank: int = 8, alpha: float = 16.0,
                modules: Sequence[str] = DEFAULT_MODULES, seed: int = 0, max_prompt_tokens: int = 256,
-               max_target_tokens: int = 48, progress: bool = False, metadata: dict | None = None) -> Adapter:
+               max_target_tokens: int = 48, progress: bool = False, metadata: dict | None = None,
+               bf16: bool = True) -> Adapter:
     """Fit a LoRA to (input, target) pairs (inputs are put in the chat template, without context)."""
     if not pairs:
         raise ValueError("no training pairs")
@@ -57,7 +58,7 @@ def train_lora(base: Base, runtime: LoraRuntime, pairs: Sequence[tuple[str, str]
                 continue
             batch = encode_pairs(base, [texts[i] for i in group], [chosen[i][1] for i in group], max_target_tokens)
             factors = {n: (a, b * scaling) for n, (a, b) in params.items()}
-            loss = answer_loss(base, runtime, batch, factors) * len(group) / len(chosen)
+            loss = answer_loss(base, runtime, batch, factors, bf16) * len(group) / len(chosen)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(flat, 1.0)
         optimizer.step()

@@ -4,6 +4,10 @@ Only the answer positions go through the LM head (a 49k-word head on every promp
 more than the rest of the step). `answer_loss` is the supervised/self-supervised cross-entropy,
 averaged per row then over rows; `distill_loss` is KL(teacher || student) on the answer tokens,
 the teacher being the base with the context in its prompt.
+
+`bf16=True` runs the base under CPU autocast (bfloat16 matmuls, float32 weights, losses and
+gradients into the generator): 2.2-2.4x faster forward+backward on CPUs with AVX512-BF16, measured
+on the default model (batch 4-8, 64-256 tokens). Inference and evaluation stay in float32.
 """
 
 from __future__ import annotations
@@ -51,14 +55,20 @@ def encode_pairs(base: Base, prompts: list[str], targets: list[str], max_target_
     return Batch(ids, mask, labels)
 
 
-def answer_logits(base: Base, runtime: LoraRuntime, batch: Batch, factors=None) -> tuple[Tensor, Tensor, Tensor]:
+def precision(bf16: bool):
+    """The autocast context the base runs under in training."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
+def answer_logits(base: Base, runtime: LoraRuntime, batch: Batch, factors=None,
+                  bf16: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """-> (logits [n_answer_tokens, vocab], their labels, row index of each) under the given factors."""
-    with runtime.activate(factors=factors or {}):
-        hidden = base.model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                  use_cache=False).last_hidden_state
     target = batch.labels[:, 1:]
     select = target != -100
-    logits = base.model.lm_head(hidden[:, :-1][select])
+    with runtime.activate(factors=factors or {}), precision(bf16):
+        hidden = base.model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                  use_cache=False).last_hidden_state
+        logits = base.model.lm_head(hidden[:, :-1][select])
     rows = torch.arange(batch.labels.shape[0])[:, None].expand_as(target)[select]
     return logits.float(), target[select], rows
 
@@ -69,16 +79,17 @@ def _per_row_mean(values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
     return (sums / counts.clamp(min=1)).mean()
 
 
-def answer_loss(base: Base, runtime: LoraRuntime, batch: Batch, factors=None) -> Tensor:
-    logits, labels, rows = answer_logits(base, runtime, batch, factors)
+def answer_loss(base: Base, runtime: LoraRuntime, batch: Batch, factors=None, bf16: bool = False) -> Tensor:
+    logits, labels, rows = answer_logits(base, runtime, batch, factors, bf16)
     return _per_row_mean(F.cross_entropy(logits, labels, reduction="none"), rows, batch.labels.shape[0])
 
 
-def distill_loss(base: Base, runtime: LoraRuntime, student: Batch, teacher: Batch, factors) -> Tensor:
+def distill_loss(base: Base, runtime: LoraRuntime, student: Batch, teacher: Batch, factors,
+                 bf16: bool = False) -> Tensor:
     """KL(teacher || student) over the vocabulary at each answer token (teacher-forced on the answer)."""
     with torch.no_grad():
-        t_logits, t_labels, _ = answer_logits(base, runtime, teacher, None)
-    s_logits, s_labels, rows = answer_logits(base, runtime, student, factors)
+        t_logits, t_labels, _ = answer_logits(base, runtime, teacher, None, bf16)
+    s_logits, s_labels, rows = answer_logits(base, runtime, student, factors, bf16)
     if not torch.equal(t_labels, s_labels):
         raise RuntimeError("teacher and student answers differ; encode both with the same targets")
     kl = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True,

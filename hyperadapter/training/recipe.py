@@ -43,6 +43,7 @@ class Recipe:
     save_every: int = 250
     feature_cache_items: int = 20000
     threads: int = 0
+    bf16: bool = True  # the base runs under bfloat16 autocast (see training.objectives)
 
 
 def load_recipe(path: str | Path, **overrides) -> Recipe:
