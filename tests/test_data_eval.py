@@ -183,3 +183,14 @@ def test_harness_end_to_end(base, runtime, sentence_encoder, tmp_path):
     assert json.loads((out / "results.json").read_text())["config"]["limit"] == 2
     assert "| base+context |" in (out / "results.md").read_text()
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_states_the_generators_margins_and_oracle_share():
+    from hyperadapter.evaluation.report import comparisons
+    systems = {"base": {"task": {"score": 30.0}}, "generated": {"task": {"score": 36.0}},
+               "generated (wrong context)": {"task": {"score": 31.0}}, "multi-task LoRA": {"task": {"score": 33.0}},
+               "per-task LoRA (oracle)": {"task": {"score": 40.0}}}
+    lines = comparisons({"config": {"kinds": ["task", "document"]}, "systems": systems})
+    assert lines[1] == ("- **task**, generated adapter: +6.0 over the base, +5.0 over the wrong context, "
+                        "+3.0 over the multi-task LoRA, 60% of the oracle's gain")
+    assert len(lines) == 2  # no document rows: nothing to compare

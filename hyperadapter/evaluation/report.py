@@ -32,7 +32,32 @@ def markdown(results: dict) -> str:
             am = "—" if r["adapter_ms"] is None else f"{r['adapter_ms']:.0f}"
             detail.append(f"| {name} | {k} | {r['contexts']} | {r['queries']} | {by} | {em} | "
                           f"{r['latency_ms']:.0f} | {am} |")
-    return "\n".join(lines + detail) + "\n"
+    return "\n".join(lines + comparisons(results) + detail) + "\n"
+
+
+def comparisons(results: dict) -> list[str]:
+    """The generator's margins per kind: over the base, the wrong context and the multi-task LoRA,
+    and the share of the per-task oracle's gain over the base that it recovers."""
+    systems = results["systems"]
+
+    def score(name: str, kind: str) -> float | None:
+        return ((systems.get(name) or {}).get(kind) or {}).get("score")
+
+    out = []
+    for kind in results["config"]["kinds"]:
+        gen, base = score("generated", kind), score("base", kind)
+        if gen is None or base is None:
+            continue
+        parts = [f"{gen - base:+.1f} over the base"]
+        for name, label in (("generated (wrong context)", "the wrong context"), ("multi-task LoRA", "the multi-task LoRA")):
+            other = score(name, kind)
+            if other is not None:
+                parts.append(f"{gen - other:+.1f} over {label}")
+        oracle = score("per-task LoRA (oracle)", kind)
+        if oracle is not None and oracle > base:
+            parts.append(f"{100 * (gen - base) / (oracle - base):.0f}% of the oracle's gain")
+        out.append(f"- **{kind}**, generated adapter: " + ", ".join(parts))
+    return ["", *out] if out else []
 
 
 def chart(results: dict, path: Path) -> None:
