@@ -75,7 +75,8 @@ def main() -> None:
             ids = []
             for i in range(args.clients):
                 r = requests.post(url + "/v1/adapters", timeout=120, json={
-                    "kind": "task", "context": f"Answer every question as an expert on subject number {i}, briefly."})
+                    "kind": "task", "reuse": False,  # 16 distinct adapters, not cache hits of one
+                    "context": f"Answer every question as an expert on subject number {i}, briefly."})
                 r.raise_for_status()
                 ids.append(r.json()["id"])
             chat(url, ids[0], 0, 4)  # warm-up
