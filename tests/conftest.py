@@ -59,7 +59,8 @@ def write_tiny_data(root):
     for split in ("train", "validation", "test"):
         recs = {
             "task": [ContextRecord(f"t{i}", "task", f"g{i}", "fixture", f"Reply with the word '{w}' whatever the input.",
-                                   "generation", [Query(f"Input {j}", [w]) for j in range(6)]) for i, w in enumerate(fruits)],
+                                   "generation", [Query(f"Input {j}", [w]) for j in range(6)],
+                                   support=[Query(f"Example {j}", [w]) for j in range(4)]) for i, w in enumerate(fruits)],
             "demonstrations": [ContextRecord(f"d{i}", "demonstrations", f"g{i}", "fixture",
                                              f"Input: a\nOutput: {w}\n\nInput: b\nOutput: {w}", "generation",
                                              [Query(f"Input {j}", [w]) for j in range(6)]) for i, w in enumerate(fruits)],

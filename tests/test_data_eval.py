@@ -163,6 +163,7 @@ def test_harness_end_to_end(base, runtime, sentence_encoder, tmp_path):
     write_tiny_data(tmp_path / "data")
     config = EvalConfig(out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"),
                         max_contexts={k: 2 for k in KINDS}, limit=2, max_new_tokens=8, task_lora_steps=3,
+                        task_lora_dir=str(tmp_path / "oracles"),
                         systems=["base", "base+context", "generated", "generated-wrong", "per-task-lora"])
     generator = Generator.fresh(base, sentence_encoder)
     results = run_eval(config, load_settings(), base=base, runtime=runtime, generator=generator)
@@ -183,6 +184,17 @@ def test_harness_end_to_end(base, runtime, sentence_encoder, tmp_path):
     assert json.loads((out / "results.json").read_text())["config"]["limit"] == 2
     assert "| base+context |" in (out / "results.md").read_text()
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    # the oracles were kept, one folder per task, and a later evaluation loads them instead of training
+    from hyperadapter.data.schema import load_split
+    from hyperadapter.evaluation.systems import PerTaskLoraSystem
+    assert len(list((tmp_path / "oracles").iterdir())) == 2
+    again = PerTaskLoraSystem(base, runtime, steps=3, batch_size=config.task_lora_batch, save_dir=tmp_path / "oracles")
+    record = load_split(tmp_path / "data", "test", "task")[0]
+    loaded = again.adapter(record)
+    assert float(loaded.metadata["train_seconds"]) == again.adapter_seconds[0] > 0
+    trained = PerTaskLoraSystem(base, runtime, steps=3, batch_size=config.task_lora_batch).adapter(record)
+    for m in trained.weights:  # same data, budget and seed: the stored oracle is the one training gives
+        torch.testing.assert_close(loaded.weights[m][1], trained.weights[m][1])
 
 
 def test_report_states_the_generators_margins_and_oracle_share():

@@ -45,6 +45,7 @@ class EvalConfig:
     multitask_lora: str = "runs/multitask-lora"
     task_lora_steps: int = 80
     task_lora_batch: int = 8  # examples per oracle step (steps x batch = the oracle's training budget)
+    task_lora_dir: str = "runs/oracle-lora"  # trained oracles are kept here and reused ("" = never saved)
     blend_k: int = 4  # the blend system: top-k catalogue neighbours
     blend_catalogue: int = 300  # training contexts per kind in its catalogue
     batch_size: int = 16

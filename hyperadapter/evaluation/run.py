@@ -82,7 +82,7 @@ def build_systems(config: EvalConfig, settings: Settings, base, runtime, generat
             systems.append(system)
         elif name == "per-task-lora":
             systems.append(PerTaskLoraSystem(base, runtime, steps=config.task_lora_steps, seed=config.seed,
-                                             batch_size=config.task_lora_batch))
+                                             batch_size=config.task_lora_batch, save_dir=config.task_lora_dir or None))
     return systems
 
 

@@ -6,7 +6,9 @@ Any `context -> Adapter` function can be evaluated: wrap it in `AdapterSystem`.
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 from typing import Callable
 
 from hyperadapter.adapter import Adapter
@@ -82,28 +84,49 @@ class FixedAdapterSystem(System):
 
 
 class PerTaskLoraSystem(System):
-    """The oracle: a LoRA trained on the held-out task's own labelled examples (its support set)."""
+    """The oracle: a LoRA trained on the held-out task's own labelled examples (its support set).
+    With `save_dir`, each task's LoRA is kept there (PEFT folder named by task and budget) and
+    reused by later evaluations with the same budget; its training time rides in its metadata."""
 
     name = "per-task LoRA (oracle)"
     kinds = ("task", "demonstrations")
 
-    def __init__(self, base: Base, runtime, steps: int = 80, seed: int = 0, batch_size: int = 8):
+    def __init__(self, base: Base, runtime, steps: int = 80, seed: int = 0, batch_size: int = 8,
+                 save_dir: str | Path | None = None):
         super().__init__(base)
         self.runtime = runtime
         self.steps = steps
         self.batch_size = batch_size
         self.seed = seed
+        self.save_dir = Path(save_dir) if save_dir else None
         self.cache: dict[str, Adapter] = {}
+
+    def _folder(self, task_id: str) -> Path | None:
+        if self.save_dir is None:
+            return None
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", task_id)
+        return self.save_dir / f"{safe}-s{self.steps}-b{self.batch_size}-seed{self.seed}"
 
     def adapter(self, record: ContextRecord) -> Adapter | None:
         from hyperadapter.training.lora import train_lora
         task_id = record.id.removeprefix("demos/")
-        if task_id not in self.cache:
+        if task_id in self.cache:
+            return self.cache[task_id]
+        folder = self._folder(task_id)
+        if folder is not None and (folder / "adapter_config.json").is_file():
+            adapter = Adapter.load(folder)
+            self.adapter_seconds.append(float(adapter.metadata.get("train_seconds", "nan")))
+        else:
             pairs = [(q.input, q.target) for q in record.support]
             if not pairs:
                 return None
             start = time.perf_counter()
-            self.cache[task_id] = train_lora(self.base, self.runtime, pairs, steps=self.steps,
-                                               batch_size=self.batch_size, seed=self.seed)
-            self.adapter_seconds.append(time.perf_counter() - start)
-        return self.cache[task_id]
+            adapter = train_lora(self.base, self.runtime, pairs, steps=self.steps, batch_size=self.batch_size,
+                                 seed=self.seed, metadata={"task": task_id})
+            seconds = time.perf_counter() - start
+            self.adapter_seconds.append(seconds)
+            if folder is not None:
+                adapter.metadata["train_seconds"] = f"{seconds:.1f}"
+                adapter.save(folder)
+        self.cache[task_id] = adapter
+        return adapter
