@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from hyperadapter.adapter import Adapter
@@ -26,6 +25,7 @@ from hyperadapter.data.schema import ContextRecord, load_split
 from hyperadapter.evaluation import metrics
 from hyperadapter.evaluation.systems import System
 from hyperadapter.runtime import GenerationParams, LoraRuntime
+from hyperadapter.scoring import choice_logprobs
 
 PRIMARY = {"choice": "accuracy", "generation": "rouge_l", "squad": "f1", "fact": "recall"}
 
@@ -71,37 +71,15 @@ def select(records: list[ContextRecord], n: int, limit: int) -> list[ContextReco
 @torch.no_grad()
 def choice_scores(base: Base, runtime: LoraRuntime, adapter: Adapter | None, prompt: str,
                   choices: list[str], chunk: int = 32) -> list[float]:
-    """Summed log-probability of each choice as the reply to `prompt`. The prompt is run once; its
-    KV cache is shared by all choices, and only choice positions go through the LM head."""
-    from transformers import DynamicCache
-
+    """Summed log-probability of each choice as the reply to `prompt` (scoring.choice_logprobs:
+    the prompt is run once per chunk of choices and its KV cache shared by them)."""
     tok = base.tokenizer
     p = tok(prompt, add_special_tokens=False)["input_ids"]
-    with runtime.activate(adapter):
-        cache = DynamicCache()
-        out = base.model.model(input_ids=torch.tensor([p]), past_key_values=cache, use_cache=True)
-        first = F.log_softmax(base.model.lm_head(out.last_hidden_state[:, -1]).float(), -1)[0]
-        scores = []
-        for s in range(0, len(choices), chunk):
-            rows = [tok(c, add_special_tokens=False)["input_ids"] or [tok.eos_token_id] for c in choices[s:s + chunk]]
-            length = max(len(r) for r in rows)
-            ids = torch.full((len(rows), length), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros(len(rows), len(p) + length, dtype=torch.long)
-            mask[:, :len(p)] = 1
-            for i, r in enumerate(rows):
-                ids[i, :len(r)] = torch.tensor(r)
-                mask[i, len(p):len(p) + len(r)] = 1
-            shared = DynamicCache([(layer.keys.expand(len(rows), -1, -1, -1), layer.values.expand(len(rows), -1, -1, -1))
-                                   for layer in cache.layers])
-            positions = torch.arange(len(p), len(p) + length)[None].expand(len(rows), -1)
-            hidden = base.model.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                      past_key_values=shared, use_cache=True).last_hidden_state
-            for i, r in enumerate(rows):
-                total = float(first[r[0]])
-                if len(r) > 1:
-                    logp = F.log_softmax(base.model.lm_head(hidden[i, :len(r) - 1]).float(), -1)
-                    total += float(logp.gather(-1, torch.tensor(r[1:])[:, None]).sum())
-                scores.append(total)
+    factors = runtime.stack(adapter)
+    scores: list[float] = []
+    for s in range(0, len(choices), chunk):
+        rows = [tok(c, add_special_tokens=False)["input_ids"] or [tok.eos_token_id] for c in choices[s:s + chunk]]
+        scores += choice_logprobs(base, runtime, [p], [rows], factors, factors).tolist()
     return scores
 
 

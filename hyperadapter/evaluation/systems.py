@@ -105,7 +105,7 @@ class PerTaskLoraSystem(System):
         if self.save_dir is None:
             return None
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", task_id)
-        return self.save_dir / f"{safe}-s{self.steps}-b{self.batch_size}-seed{self.seed}"
+        return self.save_dir / f"{safe}-ranked-s{self.steps}-b{self.batch_size}-seed{self.seed}"
 
     def adapter(self, record: ContextRecord) -> Adapter | None:
         from hyperadapter.training.lora import train_lora
@@ -117,7 +117,7 @@ class PerTaskLoraSystem(System):
             adapter = Adapter.load(folder)
             self.adapter_seconds.append(float(adapter.metadata.get("train_seconds", "nan")))
         else:
-            pairs = [(q.input, q.target) for q in record.support]
+            pairs = list(record.support)
             if not pairs:
                 return None
             start = time.perf_counter()

@@ -3,8 +3,11 @@ give without seeing the context.
 
 Objectives by kind: supervised answers for all four kinds; for documents, also self-supervised
 continuation of the passage's own text (a few words of it as the cue, the next words as the
-target). Demonstration sets are drawn from a task's examples in a few fixed variants per task, so
-their features can be cached like any other context's.
+target). Multiple-choice queries carry a few of their choices (the right one among them): they are
+trained the way they are scored, by ranking the choices' log-likelihoods (training.objectives),
+not by generating the right choice, which taught the adapted model to answer "Yes"/"No" to
+everything. Demonstration sets are drawn from a task's examples in a few fixed variants per task,
+so their features can be cached like any other context's.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from hyperadapter.data.builders import DEMOS, format_demonstrations
 from hyperadapter.data.schema import ContextRecord, Query
 
 DEMO_VARIANTS = 8
+MAX_CHOICES = 4  # the right choice and up to three wrong ones per multiple-choice training query
 
 
 @dataclass
@@ -25,7 +29,17 @@ class Example:
     context: str
     input: str
     target: str
-    objective: str  # "supervised" | "selfsup"
+    objective: str  # "supervised" | "selfsup" | "choice"
+    choices: tuple[str, ...] = ()  # with objective "choice": candidate answers, the right one at `label`
+    label: int = 0
+
+
+def sample_choices(q: Query, rng: random.Random, k: int = MAX_CHOICES) -> tuple[tuple[str, ...], int]:
+    """The right choice and up to k-1 wrong ones, shuffled: (choices, index of the right one)."""
+    wrong = [c for i, c in enumerate(q.choices or []) if i != q.label]
+    picked = rng.sample(wrong, min(k - 1, len(wrong))) + [q.target]
+    rng.shuffle(picked)
+    return tuple(picked), picked.index(q.target)
 
 
 class ExampleSampler:
@@ -59,8 +73,14 @@ class ExampleSampler:
                     out.append(Example(kind, record.id, record.context, f"Continue the text: {cue}", target, "selfsup"))
                     continue
             q = self.rng.choice(pool)
-            out.append(Example(kind, record.id, record.context, q.input, q.target, "supervised"))
+            out.append(self._example(kind, record.id, record.context, q))
         return out
+
+    def _example(self, kind: str, key: str, context: str, q: Query) -> Example:
+        if q.choices is None or len(q.choices) < 2:
+            return Example(kind, key, context, q.input, q.target, "supervised")
+        choices, label = sample_choices(q, self.rng)
+        return Example(kind, key, context, q.input, q.target, "choice", choices, label)
 
     def _demonstrations(self, record: ContextRecord, n: int) -> list[Example]:
         variant = self.rng.randrange(DEMO_VARIANTS)
@@ -71,8 +91,7 @@ class ExampleSampler:
         rest = [q for q in pool if q not in demos] or pool
         context = format_demonstrations(demos)
         key = f"{record.id}#{variant}"
-        return [Example("demonstrations", key, context, q.input, q.target, "supervised")
-                for q in (self.rng.choice(rest) for _ in range(n))]
+        return [self._example("demonstrations", key, context, q) for q in (self.rng.choice(rest) for _ in range(n))]
 
     def _continuation(self, text: str, cue_words: int = 6, target_words: int = 12) -> tuple[str, str]:
         words = text.split()

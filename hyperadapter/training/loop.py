@@ -30,7 +30,7 @@ from hyperadapter.generator import Generator
 from hyperadapter.generator.config import KIND_IDS
 from hyperadapter.runtime import LoraRuntime
 from hyperadapter.training.examples import Example, ExampleSampler
-from hyperadapter.training.objectives import answer_loss, distill_loss, encode_pairs, precision, truncate_input
+from hyperadapter.training.objectives import distill_loss, encode_pairs, mixed_loss, precision, truncate_input
 from hyperadapter.training.recipe import Recipe
 
 
@@ -102,7 +102,8 @@ class Trainer:
                 self.generator.hypernet.set_copy_scale(float(recipe.generator["copy_scale"]))
         else:
             self.generator = Generator.fresh(self.base, encoder, seed=recipe.seed, **recipe.generator)
-        data_dir = Path(recipe.data_dir) if recipe.data_dir else settings.prepared_data_dir
+        self.data_dir = data_dir = Path(recipe.data_dir) if recipe.data_dir else settings.prepared_data_dir
+        self._harness_base: dict[str, float] | None = None
         train = {k: load_split(data_dir, "train", k) for k in KINDS if recipe.kind_weights.get(k, 0) > 0}
         self.sampler = ExampleSampler(train, recipe.kind_weights, seed=recipe.seed + 1000 * self.accelerator.process_index,
                                       selfsup_share=recipe.selfsup_share)
@@ -136,35 +137,46 @@ class Trainer:
 
     # ------------------------------------------------------------ one step
     def losses(self, examples: list[Example], with_distill: bool) -> dict[str, torch.Tensor]:
-        """Generated adapters for every example's context, then the answer (and distillation) loss.
-        Rows are sorted by length into micro-batches of similar length: padding a 40-token question
-        to a 300-token task input would triple the base's work."""
-        r = self.recipe
+        """Generated adapters for every example's context, then the answer (and distillation) loss."""
         features, sentences = self.cache.get(examples)
         feats, mask, emb = _pad_features(features, self.generator.features.embed)
         kinds = torch.tensor([KIND_IDS[e.kind] for e in examples])
         factors = self.model(feats, mask, emb, sentences, kinds, use_tokens=self.generator.config.use_tokens)
-        runtime_factors = self.generator.runtime_factors(factors)
+        return self.objective(examples, self.generator.runtime_factors(factors), with_distill)
+
+    def objective(self, examples: list[Example], runtime_factors: dict | None,
+                  with_distill: bool = False) -> dict[str, torch.Tensor]:
+        """The loss of the base under per-example factors (None: the base alone). Rows are sorted by
+        length into micro-batches of similar length: padding a 40-token question to a 300-token task
+        input would triple the base's work. Each example weighs the same, whatever its objective."""
+        r = self.recipe
         inputs = [truncate_input(self.base, e.input, r.max_prompt_tokens) for e in examples]
         prompts = [query_prompt(self.base, x) for x in inputs]
         lengths = [len(self.base.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         order = sorted(range(len(examples)), key=lengths.__getitem__)
         groups = [order[i:i + r.micro_batch] for i in range(0, len(order), r.micro_batch)]
         totals = {"answer": torch.zeros(()), "distill": torch.zeros(())}
-        distill = with_distill and r.distill_weight > 0
+        distill = with_distill and r.distill_weight > 0 and runtime_factors is not None
         for rows in groups:
-            index = torch.tensor(rows)
-            sliced = {m: (a[index], b[index]) for m, (a, b) in runtime_factors.items()}
-            targets = [examples[i].target for i in rows]
-            student = encode_pairs(self.base, [prompts[i] for i in rows], targets, r.max_target_tokens)
-            share = len(rows) / len(examples)
-            totals["answer"] = totals["answer"] + share * answer_loss(self.base, self.runtime, student, sliced, r.bf16)
-            if distill:
+            def factors_of(index: list[int], rows=rows) -> dict | None:  # positions within `rows`
+                if runtime_factors is None:
+                    return None
+                at = torch.tensor([rows[i] for i in index])
+                return {m: (a[at], b[at]) for m, (a, b) in runtime_factors.items()}
+
+            loss = mixed_loss(self.base, self.runtime, [prompts[i] for i in rows], [examples[i] for i in rows],
+                              factors_of, r.max_target_tokens, r.bf16)
+            totals["answer"] = totals["answer"] + loss * len(rows) / len(examples)
+            answer_rows = [j for j, i in enumerate(rows) if not examples[i].choices]
+            if distill and answer_rows:
+                chosen = [rows[j] for j in answer_rows]
+                targets = [examples[i].target for i in chosen]
+                student = encode_pairs(self.base, [prompts[i] for i in chosen], targets, r.max_target_tokens)
                 teacher = encode_pairs(self.base, [context_prompt(self.base, examples[i].kind, examples[i].context,
-                                                                  inputs[i]) for i in rows],
+                                                                  inputs[i]) for i in chosen],
                                        targets, r.max_target_tokens)
-                totals["distill"] = totals["distill"] + share * distill_loss(
-                    self.base, self.runtime, student, teacher, sliced, r.bf16)
+                totals["distill"] = totals["distill"] + len(chosen) / len(examples) * distill_loss(
+                    self.base, self.runtime, student, teacher, factors_of(answer_rows), r.bf16)
         out = {"answer": totals["answer"]}
         if distill:
             out["distill"] = totals["distill"]
@@ -203,14 +215,33 @@ class Trainer:
                 swapped = [dataclasses.replace(e, context_key=o.context_key, context=o.context)
                            for e, o in zip(chunk, chunk[shift:] + chunk[:shift])]
                 wrong.append(self.losses(swapped, with_distill=False)["answer"])
-                prompts = [query_prompt(self.base, truncate_input(self.base, e.input, r.max_prompt_tokens))
-                           for e in chunk]
-                batch = encode_pairs(self.base, prompts, [e.target for e in chunk], r.max_target_tokens)
-                base.append(answer_loss(self.base, self.runtime, batch, None, r.bf16))
+                base.append(self.objective(chunk, None)["answer"])
             out[f"val_{kind}"] = float(torch.stack(gen).mean())
             out[f"val_{kind}_wrong"] = float(torch.stack(wrong).mean())
             out[f"val_{kind}_base"] = float(torch.stack(base).mean())
         return out
+
+    @torch.no_grad()
+    def validate_with_harness(self) -> dict[str, float]:
+        """The harness on a few validation contexts per kind: the generator as it is now, and (once,
+        for reference) the base alone. Scores go to the log as harness_<kind> / harness_<kind>_base."""
+        from hyperadapter.evaluation.harness import EvalConfig, Harness
+        from hyperadapter.evaluation.systems import AdapterSystem, BaseSystem
+
+        r = self.recipe
+        self.model.eval()
+        hypernet = self.accelerator.unwrap_model(self.model)
+        generator = Generator(self.generator.config, hypernet, self.base, self.generator.sentence_encoder,
+                              name=f"step-{self.step}")
+        config = EvalConfig(split="validation", kinds=sorted(self.val_examples), max_contexts=r.harness_contexts,
+                            limit=r.harness_queries, max_new_tokens=32)
+        systems = [AdapterSystem(self.base, lambda kind, ctx: generator.generate_adapter(ctx, kind))]
+        if self._harness_base is None:
+            systems.append(BaseSystem(self.base))
+        results = Harness(self.base, self.runtime, config, self.data_dir).run(systems)["systems"]
+        if self._harness_base is None:
+            self._harness_base = {f"harness_{k}_base": v["score"] for k, v in results["base"].items()}
+        return {**{f"harness_{k}": v["score"] for k, v in results["generated"].items()}, **self._harness_base}
 
     # ------------------------------------------------------------ checkpoints
     def save(self, final: bool = False) -> None:
@@ -262,6 +293,10 @@ class Trainer:
                 metrics = self.validate()
                 self.log({"step": self.step, **metrics})
                 bar.write(" ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+            if r.harness_every and self.step % r.harness_every == 0 and self.accelerator.is_main_process:
+                metrics = self.validate_with_harness()
+                self.log({"step": self.step, **metrics})
+                bar.write(" ".join(f"{k}={v:.1f}" for k, v in metrics.items()))
             if r.save_every and self.step % r.save_every == 0:
                 self.save()
         bar.close()

@@ -17,20 +17,25 @@ from tqdm import tqdm
 from hyperadapter.adapter import Adapter
 from hyperadapter.base import Base
 from hyperadapter.data.prompts import query_prompt
+from hyperadapter.data.schema import Query
 from hyperadapter.runtime import LoraRuntime
-from hyperadapter.training.objectives import answer_loss, encode_pairs, truncate_input
+from hyperadapter.training.examples import sample_choices
+from hyperadapter.training.objectives import Scored, mixed_loss, truncate_input
 
 DEFAULT_MODULES = ("q_proj", "v_proj", "down_proj")
 
 
-def train_lora(base: Base, runtime: LoraRuntime, pairs: Sequence[tuple[str, str]], steps: int = 100,
+def train_lora(base: Base, runtime: LoraRuntime, pairs: Sequence[Query | tuple[str, str]], steps: int = 100,
                lr: float = 1e-3, batch_size: int = 8, rank: int = 8, alpha: float = 16.0,
                modules: Sequence[str] = DEFAULT_MODULES, seed: int = 0, max_prompt_tokens: int = 256,
                max_target_tokens: int = 48, progress: bool = False, metadata: dict | None = None,
                bf16: bool = True) -> Adapter:
-    """Fit a LoRA to (input, target) pairs (inputs are put in the chat template, without context)."""
+    """Fit a LoRA to labelled queries, or (input, target) pairs (inputs are put in the chat template,
+    without context). Multiple-choice queries are trained by ranking a few of their choices, as the
+    generator is (training.objectives.mixed_loss)."""
     if not pairs:
         raise ValueError("no training pairs")
+    queries = [q if isinstance(q, Query) else Query(q[0], [q[1]]) for q in pairs]
     g = torch.Generator().manual_seed(seed)
     params: dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter]] = {}
     for name, (fan_in, fan_out) in base.linear_shapes().items():
@@ -45,20 +50,22 @@ def train_lora(base: Base, runtime: LoraRuntime, pairs: Sequence[tuple[str, str]
     rng = random.Random(seed)
     prompts = {}
     for _ in tqdm(range(steps), desc="lora", disable=not progress):
-        chosen = [pairs[rng.randrange(len(pairs))] for _ in range(batch_size)]
-        texts = []
-        for x, _ in chosen:
-            if x not in prompts:
-                prompts[x] = query_prompt(base, truncate_input(base, x, max_prompt_tokens))
-            texts.append(prompts[x])
+        chosen = [queries[rng.randrange(len(queries))] for _ in range(batch_size)]
+        items, texts = [], []
+        for q in chosen:
+            if q.input not in prompts:
+                prompts[q.input] = query_prompt(base, truncate_input(base, q.input, max_prompt_tokens))
+            texts.append(prompts[q.input])
+            choices, label = sample_choices(q, rng) if q.choices and len(q.choices) > 1 else ((), 0)
+            items.append(Scored(q.target, choices, label))
         # rows grouped by length (padding a short question to a long input wastes the base's work)
         order = sorted(range(len(chosen)), key=lambda i: len(texts[i]))
         for group in (order[:len(order) // 2], order[len(order) // 2:]):
             if not group:
                 continue
-            batch = encode_pairs(base, [texts[i] for i in group], [chosen[i][1] for i in group], max_target_tokens)
             factors = {n: (a, b * scaling) for n, (a, b) in params.items()}
-            loss = answer_loss(base, runtime, batch, factors, bf16) * len(group) / len(chosen)
+            loss = mixed_loss(base, runtime, [texts[i] for i in group], [items[i] for i in group],
+                              lambda rows: factors, max_target_tokens, bf16) * len(group) / len(chosen)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(flat, 1.0)
         optimizer.step()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hyperadapter.base import load_base
 from hyperadapter.config import load_settings
-from hyperadapter.data.schema import KINDS, load_split
+from hyperadapter.data.schema import KINDS, Query, load_split
 from hyperadapter.runtime import LoraRuntime
 from hyperadapter.training.examples import ExampleSampler
 from hyperadapter.training.lora import train_lora
@@ -48,7 +48,8 @@ def train_multitask(recipe: MultitaskRecipe) -> Path:
     data_dir = Path(recipe.data_dir) if recipe.data_dir else settings.prepared_data_dir
     train = {k: load_split(data_dir, "train", k) for k in KINDS if recipe.kind_weights.get(k, 0) > 0}
     sampler = ExampleSampler(train, recipe.kind_weights, seed=recipe.seed, selfsup_share=0.0)
-    pairs = [(e.input, e.target) for e in sampler.sample(recipe.steps * recipe.batch_size, 1)]
+    pairs = [Query(e.input, [e.target], list(e.choices) or None, e.label if e.choices else None)
+             for e in sampler.sample(recipe.steps * recipe.batch_size, 1)]
     adapter = train_lora(base, runtime, pairs, steps=recipe.steps, lr=recipe.lr, batch_size=recipe.batch_size,
                          rank=recipe.rank, seed=recipe.seed, progress=True,
                          metadata={"kind": "multitask", "steps": recipe.steps})

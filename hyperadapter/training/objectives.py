@@ -2,8 +2,10 @@
 
 Only the answer positions go through the LM head (a 49k-word head on every prompt token would cost
 more than the rest of the step). `answer_loss` is the supervised/self-supervised cross-entropy,
-averaged per row then over rows; `distill_loss` is KL(teacher || student) on the answer tokens,
-the teacher being the base with the context in its prompt.
+averaged per row then over rows; `choice_loss` ranks a multiple-choice query's candidate answers
+by their summed log-likelihood (how the harness scores them) and takes the cross-entropy of the
+right one; `distill_loss` is KL(teacher || student) on the answer tokens, the teacher being the
+base with the context in its prompt.
 
 `bf16=True` runs the base under CPU autocast (bfloat16 matmuls, float32 weights, losses and
 gradients into the generator): 2.2-2.4x faster forward+backward on CPUs with AVX512-BF16, measured
@@ -13,6 +15,7 @@ on the default model (batch 4-8, 64-256 tokens). Inference and evaluation stay i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +23,7 @@ from torch import Tensor
 
 from hyperadapter.base import Base
 from hyperadapter.runtime import LoraRuntime
+from hyperadapter.scoring import choice_logprobs
 
 
 @dataclass
@@ -27,6 +31,15 @@ class Batch:
     input_ids: Tensor  # [B, T] right-padded
     attention_mask: Tensor
     labels: Tensor  # [B, T]: the token ids at answer positions, -100 elsewhere
+
+
+class Scored(NamedTuple):
+    """What a loss needs of a training query: its target, and for multiple choice the candidate
+    answers and the index of the right one (empty choices: trained on the target's tokens)."""
+
+    target: str
+    choices: tuple[str, ...] = ()
+    label: int = 0
 
 
 def truncate_input(base: Base, text: str, max_tokens: int) -> str:
@@ -82,6 +95,41 @@ def _per_row_mean(values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
 def answer_loss(base: Base, runtime: LoraRuntime, batch: Batch, factors=None, bf16: bool = False) -> Tensor:
     logits, labels, rows = answer_logits(base, runtime, batch, factors, bf16)
     return _per_row_mean(F.cross_entropy(logits, labels, reduction="none"), rows, batch.labels.shape[0])
+
+
+def choice_loss(base: Base, runtime: LoraRuntime, prompts: list[str], choices: Sequence[Sequence[str]],
+                labels: Sequence[int], prompt_factors=None, choice_factors=None, max_target_tokens: int = 48,
+                bf16: bool = False) -> Tensor:
+    """The mean over queries of the cross-entropy of the right choice under a softmax of the
+    choices' summed log-likelihoods (scoring.choice_logprobs: the harness's score). `choice_factors`
+    has one row per choice, in order."""
+    tok = base.tokenizer
+    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    choice_ids = [[tok(c, add_special_tokens=False)["input_ids"][:max_target_tokens] or [tok.eos_token_id]
+                   for c in cs] for cs in choices]
+    with precision(bf16):
+        totals = choice_logprobs(base, runtime, prompt_ids, choice_ids, prompt_factors, choice_factors)
+    scores = torch.split(totals, [len(cs) for cs in choices])
+    return torch.stack([F.cross_entropy(s[None], torch.tensor([y])) for s, y in zip(scores, labels)]).mean()
+
+
+def mixed_loss(base: Base, runtime: LoraRuntime, prompts: list[str], items: Sequence, factors_of: Callable,
+               max_target_tokens: int = 48, bf16: bool = False) -> Tensor:
+    """The mean over `items` (each with `.target`, `.choices`, `.label`) of the loss each is trained
+    with: `choice_loss` where it has choices, `answer_loss` otherwise. `factors_of(rows)` gives the
+    factors for those rows of the batch (None: the base alone)."""
+    ranked = [i for i, it in enumerate(items) if it.choices]
+    plain = [i for i, it in enumerate(items) if not it.choices]
+    total = torch.zeros(())
+    if ranked:
+        rows = [i for i in ranked for _ in items[i].choices]
+        loss = choice_loss(base, runtime, [prompts[i] for i in ranked], [items[i].choices for i in ranked],
+                           [items[i].label for i in ranked], factors_of(ranked), factors_of(rows), max_target_tokens, bf16)
+        total = total + loss * len(ranked) / len(items)
+    if plain:
+        batch = encode_pairs(base, [prompts[i] for i in plain], [items[i].target for i in plain], max_target_tokens)
+        total = total + answer_loss(base, runtime, batch, factors_of(plain), bf16) * len(plain) / len(items)
+    return total
 
 
 def distill_loss(base: Base, runtime: LoraRuntime, student: Batch, teacher: Batch, factors,

@@ -40,6 +40,12 @@ class Recipe:
     log_every: int = 10
     eval_every: int = 250
     eval_batches: int = 4
+    # every `harness_every` steps, the evaluation harness scores the generator on a few held-out
+    # *validation* contexts per kind (what the answer loss cannot show: accuracy, ROUGE-L, F1)
+    harness_every: int = 0
+    harness_contexts: dict[str, int] = field(default_factory=lambda: {
+        "task": 12, "demonstrations": 6, "document": 16, "conversation": 16})
+    harness_queries: int = 4
     save_every: int = 250
     feature_cache_items: int = 20000
     threads: int = 0
