@@ -23,6 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from hyperadapter.durable import fsync_path, swap_in_dir
+
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
@@ -131,15 +133,9 @@ class Adapter:
                       metadata={"format": "pt", "hyperadapter": json.dumps(self.metadata, sort_keys=True)})
             (tmp / CONFIG_NAME).write_text(json.dumps(self.peft_config(), indent=2))
             for f in tmp.iterdir():
-                _fsync(f)
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-            _fsync_dir(directory.parent)  # the rename itself is durable only once the folder is synced
+                fsync_path(f)
+            swap_in_dir(tmp, directory)
+            fsync_path(directory.parent)  # the rename itself is durable only once the folder is synced
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return directory
@@ -258,16 +254,3 @@ def _pattern_value(pattern: Mapping[str, float], module: str, default: float) ->
         if module == key or module.endswith("." + key) or re.fullmatch(key, module):
             return float(value)
     return float(default)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())

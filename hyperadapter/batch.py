@@ -49,6 +49,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator
 
+from hyperadapter.durable import atomic_write_bytes, fsync_path, swap_in_dir
 from hyperadapter.generator.config import KIND_IDS
 
 KINDS = tuple(KIND_IDS)
@@ -245,14 +246,6 @@ def _complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in PEFT_FILES)
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _Appender:
     """Append JSON rows to a file, each call flushed and fsynced (a row, once written, survives a kill)."""
 
@@ -285,14 +278,7 @@ def _drop_torn_tail(path: Path) -> None:
 
 
 def _write_rows_atomic(path: Path, rows: list[dict]) -> None:
-    from hyperadapter.retrieval.index import fsync_dir
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(json.dumps(row) + "\n" for row in rows))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    atomic_write_bytes(path, "".join(json.dumps(row) + "\n" for row in rows).encode("utf-8"))
 
 
 def _clean_leftovers(out_dir: Path) -> None:
@@ -308,7 +294,6 @@ def _clean_leftovers(out_dir: Path) -> None:
 def _publish(pairs: list[tuple[Item, Path]], out_dir: Path) -> dict[str, str]:
     """Copy each stored adapter folder to DIR/<id>/ atomically. Returns {item id: reason} for failures.
     All temp copies are fsynced before any rename, so the disk flushes once per batch, not per adapter."""
-    from hyperadapter.retrieval.index import fsync_dir
     failed: dict[str, str] = {}
     staged: list[tuple[Item, Path]] = []
     for item, source in pairs:
@@ -325,17 +310,10 @@ def _publish(pairs: list[tuple[Item, Path]], out_dir: Path) -> dict[str, str]:
         staged.append((item, tmp))
     for _, tmp in staged:
         for name in PEFT_FILES:
-            _fsync_file(tmp / name)
+            fsync_path(tmp / name)
     for item, tmp in staged:
-        final = out_dir / item.id
-        if final.exists():  # redone (no manifest row, or a stale one): swap, never a half folder in place
-            old = out_dir / f".{item.id}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    fsync_dir(out_dir)
+        swap_in_dir(tmp, out_dir / item.id)  # redone (no manifest row, or a stale one): never a half folder
+    fsync_path(out_dir)
     return failed
 
 

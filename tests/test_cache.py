@@ -77,7 +77,7 @@ def test_exact_near_miss_and_forced_miss(tmp_path, encoder):
         assert (first.how, first.cache_hit, first.similarity, first.neighbour) == ("generated", False, None, None)
         assert gen.asked == [("task", FR_A)]
 
-        again = cache.get_or_create("task", f"  Translate   English to\nFrench. ", owner="t", base_model=BASE)
+        again = cache.get_or_create("task", "  Translate   English to\nFrench. ", owner="t", base_model=BASE)
         assert (again.how, again.cache_hit, again.similarity) == ("exact", True, 1.0)
         assert again.record.id == first.record.id and store.get(first.record.id).hits == 1
 

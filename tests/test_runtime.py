@@ -1,7 +1,6 @@
 import hashlib
 
 import pytest
-import torch
 
 from hyperadapter.base import format_prompt
 from hyperadapter.runtime import DecodeBatch, GenerationParams, Row

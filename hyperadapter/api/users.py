@@ -21,20 +21,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from hyperadapter.durable import atomic_write_bytes
 from hyperadapter.generator import ContextStream, Generator
 
 
 def user_owner(tenant: str, name: str) -> str:
     return f"{tenant}/user/{name}"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Users:
@@ -88,7 +80,7 @@ class Users:
                     f.write(json.dumps({"role": m["role"], "content": m["content"]}) + "\n")
             info = {"user": name, "adapter_id": record.id, "messages": (old or {}).get("messages", 0) + len(messages),
                     "tokens": stream.n_tokens, "history_hash": digest}
-            _atomic_write(folder / "meta.json", json.dumps(info).encode())
+            atomic_write_bytes(folder / "meta.json", json.dumps(info).encode())
             if old and old["adapter_id"] != record.id:
                 self.store.delete(old["adapter_id"])
             return info

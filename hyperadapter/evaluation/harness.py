@@ -10,7 +10,6 @@ Cost per query: prompt tokens processed and wall-clock latency.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import tomllib
 from dataclasses import dataclass, field

@@ -33,6 +33,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from hyperadapter.durable import fsync_path
+
 ANN_MIN = 10_000  # below this many keys a scope stays exact: brute force over <10k keys takes < 1 ms
 COMPACT_FRACTION = 0.10
 MAGIC = b"HAKIDX01"
@@ -228,7 +230,7 @@ def save_index(path: Path, scopes: dict[Scope, ScopeIndex], header: dict) -> Non
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -276,11 +278,3 @@ def load_index(path: Path, expect: dict, config: IndexConfig) -> dict[Scope, Sco
             scope.tombstones = set(entry["tombstones"])
             scopes[(entry["kind"], entry["base_model"], entry["owner"])] = scope
     return scopes
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

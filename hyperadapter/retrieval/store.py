@@ -53,7 +53,8 @@ import numpy as np
 from filelock import FileLock
 
 from hyperadapter.adapter import Adapter, AdapterError
-from hyperadapter.retrieval.index import (ANN_MIN, IndexConfig, IndexFileError, Scope, ScopeIndex, fsync_dir,
+from hyperadapter.durable import fsync_path
+from hyperadapter.retrieval.index import (ANN_MIN, IndexConfig, IndexFileError, Scope, ScopeIndex,
                                           load_index, save_index)
 
 FORMAT = 1
@@ -318,7 +319,7 @@ class AdapterStore:
                     raise AdapterExists(f"an adapter with id {adapter_id!r} is already stored")
                 _remove(final)  # a folder without a row: left by a killed writer
                 os.replace(staging, final)
-                fsync_dir(self.adapter_dir)
+                fsync_path(self.adapter_dir)
                 now = time.time()
                 try:
                     with self._transaction() as conn:
