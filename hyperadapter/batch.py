@@ -107,7 +107,7 @@ class Summary:
 
 def context_hash(kind: str, context: str) -> str:
     """The cache's exact key for a context (the same value as AdapterCache.context_hash)."""
-    from hyperadapter.retrieval.cache import normalise
+    from hyperadapter.embedding import normalise
     return hashlib.sha256(f"{kind}\n{normalise(context)}".encode()).hexdigest()
 
 

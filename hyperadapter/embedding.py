@@ -5,11 +5,19 @@ Mean pooling + L2 normalisation, as sentence-transformers does for this model; l
 transformers so that we do not need the sentence-transformers package at run time. Texts longer
 than the encoder's 256-token window are cut into windows whose embeddings are averaged
 (token-count weighted) and normalised again.
+
+Texts are normalised first (NFC, whitespace runs collapsed: nothing the uncased WordPiece tokenizer
+would see), and the last few thousand embeddings are remembered by the normalised text's hash: a
+context posted to the API is embedded once for the cache key and again as a generator feature, and
+a 2,000-token document costs ~0.4 s to embed here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import unicodedata
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +29,11 @@ DIM = 384
 
 class EmbeddingError(RuntimeError):
     pass
+
+
+def normalise(text: str) -> str:
+    """NFC, whitespace runs collapsed to one space, ends stripped (case is kept: it can matter)."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
 
 
 def _model_dir() -> Path:
@@ -36,7 +49,7 @@ class SentenceEncoder:
 
     dim = DIM
 
-    def __init__(self, path: str | Path | None = None, window: int = 256):
+    def __init__(self, path: str | Path | None = None, window: int = 256, memory: int = 4096):
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(path) if path else _model_dir()
@@ -45,10 +58,27 @@ class SentenceEncoder:
         self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
         self.window = window
         self._lock = threading.Lock()
+        self._memory: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._memory_size = memory
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        texts = [normalise(t) for t in texts]
+        keys = [hashlib.sha256(t.encode()).digest() for t in texts]
+        with self._lock:
+            vectors = {k: self._memory[k] for k in keys if k in self._memory}
+            for k in vectors:
+                self._memory.move_to_end(k)
+        todo = {k: t for k, t in zip(keys, texts) if k not in vectors}  # each new text once
+        fresh = dict(zip(todo, self._encode(list(todo.values()), batch_size)))
+        with self._lock:
+            self._memory.update(fresh)
+            while len(self._memory) > self._memory_size:
+                self._memory.popitem(last=False)
+        vectors.update(fresh)
+        return torch.stack([vectors[k] for k in keys]) if keys else torch.zeros(0, DIM)
 
     @torch.inference_mode()
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        texts = list(texts)
+    def _encode(self, texts: list[str], batch_size: int) -> torch.Tensor:
         if not texts:
             return torch.zeros(0, DIM)
         body = self.window - 2  # room for [CLS] and [SEP]

@@ -261,3 +261,19 @@ def test_from_settings(tmp_path, encoder):
         assert set(cache.thresholds) == {"task", "document", "demonstrations", "conversation"}
         key = np.asarray(cache._encode([FR_A])[0])
         assert key.shape == (384,) and abs(float(np.linalg.norm(key)) - 1.0) < 1e-5
+
+
+def test_encoder_remembers_texts_it_has_embedded(encoder, monkeypatch):
+    """A context is embedded for the cache key and again as a generator feature: the second time (and
+    any whitespace variant) must not run the model, and must give the same vector as a fresh encode."""
+    from hyperadapter.embedding import SentenceEncoder
+    text = "A remembered paragraph about lighthouses and their keepers, number 41872."
+    fresh = SentenceEncoder._encode(encoder, [text], 8)[0]
+    runs = []
+    real = SentenceEncoder._encode
+    monkeypatch.setattr(SentenceEncoder, "_encode", lambda self, texts, bs: runs.append(list(texts)) or real(self, texts, bs))
+    first = encoder.encode([text, text])
+    again = encoder.encode([text.replace(" ", "  \n"), "something else entirely"])
+    assert runs == [[text], ["something else entirely"]]  # each new text once, the variant remembered
+    assert torch.equal(first[0], first[1]) and torch.equal(again[0], first[0])
+    assert torch.allclose(first[0], fresh, atol=1e-6)

@@ -78,15 +78,17 @@ def test_streaming_update_equals_reading_the_whole_history(base, sentence_encode
         assert len(stream.tail) < g.config.chunk_tokens  # constant-size state: never more than one chunk kept
     incremental = g.adapter_from_stream(stream)
     whole = g.generate_adapter(messages, "conversation")
+    # The documented bound: equal up to bf16 rounding of the features (a chunk read alone or beside
+    # others in a padded batch rounds differently), a relative error well under 1e-3 per factor.
     for m in whole.weights:
-        torch.testing.assert_close(incremental.weights[m][0], whole.weights[m][0], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(incremental.weights[m][1], whole.weights[m][1], atol=1e-5, rtol=1e-4)
+        for x, y in zip(incremental.weights[m], whole.weights[m]):
+            assert (x - y).norm() <= 1e-3 * y.norm(), m
     tensors, meta = stream.to_tensors()
     restored = type(stream).from_tensors(tensors, meta)
     again = g.adapter_from_stream(g.append(restored, ["user: bye\n"]))
     direct = g.generate_adapter(messages + ["user: bye\n"], "conversation")
     m = next(iter(direct.weights))
-    torch.testing.assert_close(again.weights[m][1], direct.weights[m][1], atol=1e-5, rtol=1e-4)
+    assert (again.weights[m][1] - direct.weights[m][1]).norm() <= 1e-3 * direct.weights[m][1].norm()
 
 
 def test_one_training_step_lowers_the_loss_on_a_fixed_batch(tmp_path):

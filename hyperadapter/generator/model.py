@@ -5,7 +5,9 @@ adapters; `stream(kind)` gives a `ContextStream` that takes a context piece by p
 messages) and can produce the adapter at any time, keeping only a fixed-size state: the attention
 statistics over all complete chunks, the last incomplete chunk's tokens (< chunk_tokens), and the
 running sentence-embedding sum. Appending never re-reads old text, and the adapter after any
-sequence of appends equals the one made from all segments at once.
+sequence of appends equals the one made from all segments at once, up to the bf16 rounding of the
+token features (a chunk read alone or beside others in one padded batch rounds differently: a
+relative difference of at most ~3e-4 seen, tested against a bound of 1e-3).
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -26,6 +25,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from hyperadapter.adapter import Adapter
+from hyperadapter.embedding import normalise
 from hyperadapter.retrieval.store import AdapterNotFound, AdapterRecord, AdapterStore
 
 Generate = Callable[[str, str], Adapter]
@@ -44,11 +44,6 @@ class CacheResult:
         return {"id": self.record.id, "cache_hit": self.cache_hit, "similarity": self.similarity,
                 "neighbour": self.neighbour, "how": self.how, "kind": self.record.kind, "rank": self.record.rank,
                 "path": str(self.record.path)}
-
-
-def normalise(text: str) -> str:
-    """NFC, whitespace runs collapsed to one space, ends stripped (case is kept: it can matter)."""
-    return " ".join(unicodedata.normalize("NFC", text).split())
 
 
 class AdapterCache:
@@ -159,7 +154,7 @@ class AdapterCache:
         return (kind, base_model, owner, chash)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        keys = self.encoder.encode([normalise(t) for t in texts])
+        keys = self.encoder.encode(texts)  # the encoder normalises (embedding.normalise)
         keys = np.asarray(keys.detach().cpu().numpy() if hasattr(keys, "detach") else keys, dtype=np.float32)
         return keys / np.linalg.norm(keys, axis=1, keepdims=True)
 

@@ -30,20 +30,18 @@ from hyperadapter.generator import Generator
 from hyperadapter.generator.config import KIND_IDS
 from hyperadapter.runtime import LoraRuntime
 from hyperadapter.training.examples import Example, ExampleSampler
-from hyperadapter.training.objectives import distill_loss, encode_pairs, mixed_loss, precision, truncate_input
+from hyperadapter.training.objectives import distill_loss, encode_pairs, mixed_loss, truncate_input
 from hyperadapter.training.recipe import Recipe
 
 
 class FeatureCache:
-    """LRU of per-context (token features fp16, mask) and sentence embeddings. With `bf16`, missing
-    token features are computed under bfloat16 autocast: 2.5x faster here (most training contexts
-    are seen once or twice, so this pass cost a quarter of each step in float32). Serving computes
-    them in float32; the difference is rounding noise of the order of the fp16 they are cached in."""
+    """LRU of per-context (token features fp16, token ids) and sentence embeddings: the base is
+    frozen, so a context's features never change (they are computed under bf16 autocast, as in
+    serving: generator.encoder)."""
 
-    def __init__(self, generator: Generator, max_items: int, bf16: bool = False):
+    def __init__(self, generator: Generator, max_items: int):
         self.generator = generator
         self.max_items = max_items
-        self.bf16 = bf16
         self.items: OrderedDict[str, tuple] = OrderedDict()
         self.hits = self.misses = 0
 
@@ -54,8 +52,7 @@ class FeatureCache:
             self.misses += len(missing)
             sentences = (self.generator.sentence_encoder.encode([by_key[k].context for k in missing])
                          if self.generator.sentence_encoder is not None else torch.zeros(len(missing), 384))
-            with precision(self.bf16):
-                features = self.generator.context_features([[by_key[k].context] for k in missing])
+            features = self.generator.context_features([[by_key[k].context] for k in missing])
             for key, sentence, feats in zip(missing, sentences, features):
                 self.items[key] = (feats, sentence)
         self.hits += len(examples) - len(missing)
@@ -109,7 +106,7 @@ class Trainer:
                                       selfsup_share=recipe.selfsup_share)
         val = {k: load_split(data_dir, "validation", k) for k in train}
         self.val_examples = self._fixed_examples(val)
-        self.cache = FeatureCache(self.generator, recipe.feature_cache_items, recipe.bf16)
+        self.cache = FeatureCache(self.generator, recipe.feature_cache_items)
         params = [p for p in self.generator.hypernet.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
