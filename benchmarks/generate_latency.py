@@ -1,7 +1,9 @@
 """How long it takes to get an adapter: the generator vs fine-tuning a LoRA of the same shape.
 
 Measured side by side in one run on this machine:
-  - p50/p90 generator latency from a one-sentence task description and from a ~2,000-token document;
+  - p50/p90 generator latency from a one-sentence task description and from a ~2,000-token document,
+    each run a new text; also with the text's sentence embedding already computed, as it is when the
+    generator runs behind the cache (the lookup embeds the context, the generator reuses it);
   - wall time to fine-tune a LoRA (same modules, same rank) to the same task (on its labelled examples)
     and to the same document (self-supervised continuation of its text), at the step counts below;
   - the ratio.
@@ -31,12 +33,16 @@ from hyperadapter.training.lora import train_lora  # noqa: E402
 DESCRIPTION = "Classify the sentiment of the given movie review as positive or negative."
 
 
-def timed(fn, runs: int) -> list[float]:
-    fn()  # warm-up
+def timed(fn, runs: int, before=None) -> list[float]:
+    """Seconds of `fn(i)` for runs i = 1..runs (after one warm-up); `before(i)`, if given, runs first
+    and is not timed (the cache's key encode, which the generator then reuses)."""
+    fn(0)
     out = []
-    for _ in range(runs):
+    for i in range(1, runs + 1):
+        if before is not None:
+            before(i)
         start = time.perf_counter()
-        fn()
+        fn(i)
         out.append(time.perf_counter() - start)
     return out
 
@@ -56,10 +62,9 @@ def long_document(settings, tokenizer, target_tokens: int = 2000) -> str:
     return tokenizer.decode(ids)
 
 
-def task_pairs(settings) -> list[tuple[str, str]]:
+def task_pairs(settings) -> list:
     try:
-        record = load_split(settings.prepared_data_dir, "test", "task")[0]
-        return [(q.input, q.target) for q in record.support]
+        return load_split(settings.prepared_data_dir, "test", "task")[0].support
     except (FileNotFoundError, IndexError):
         reviews = ["a delight from start to finish", "dull and far too long", "the cast shines", "a mess"]
         return [(f"Review: {r}", "positive" if i % 2 == 0 else "negative") for i, r in enumerate(reviews * 8)]
@@ -87,8 +92,21 @@ def main() -> None:
     document = long_document(settings, base.tokenizer)
     doc_tokens = len(base.tokenizer(document, add_special_tokens=False)["input_ids"])
 
-    short = timed(lambda: generator.generate_adapter(DESCRIPTION, "task"), args.runs)
-    doc = timed(lambda: generator.generate_adapter(document, "document"), max(3, args.runs // 4))
+    # every run a context the generator has not seen (the sentence encoder remembers texts)
+    def describe(i):
+        return f"{DESCRIPTION} Example set {i}."
+
+    def chapter(i):
+        return f"Chapter {i}.\n\n{document}"
+
+    encode = generator.sentence_encoder.encode
+    short = timed(lambda i: generator.generate_adapter(describe(i), "task"), args.runs)
+    short_keyed = timed(lambda i: generator.generate_adapter(describe(-i), "task"), args.runs,
+                        before=lambda i: encode([describe(-i)]))
+    runs = max(3, args.runs // 4)
+    doc = timed(lambda i: generator.generate_adapter(chapter(i), "document"), runs)
+    doc_keyed = timed(lambda i: generator.generate_adapter(chapter(-i), "document"), runs,
+                      before=lambda i: encode([chapter(-i)]))
     modules = tuple(generator.config.module_names)
     start = time.perf_counter()
     train_lora(base, runtime, task_pairs(settings), steps=args.lora_steps, rank=generator.config.rank,
@@ -104,9 +122,11 @@ def main() -> None:
 
     print(f"\ngenerator {generator.name}; rank {generator.config.rank} on {', '.join(modules)}; "
           f"torch threads {torch.get_num_threads()}\n")
-    print(f"{'context':38} {'p50 ms':>8} {'p90 ms':>8}   goal")
-    print(f"{'one-sentence description':38} {ms(short)}   <= 20 ms")
-    print(f"{f'document ({doc_tokens} tokens)':38} {ms(doc)}   <= 1000 ms")
+    print(f"{'context':48} {'p50 ms':>8} {'p90 ms':>8}   goal")
+    print(f"{'one-sentence description':48} {ms(short)}   <= 20 ms")
+    print(f"{'  the same, key already encoded by the cache':48} {ms(short_keyed)}")
+    print(f"{f'document ({doc_tokens} tokens)':48} {ms(doc)}   <= 1000 ms")
+    print(f"{'  the same, key already encoded by the cache':48} {ms(doc_keyed)}")
     print(f"\nfine-tuning a LoRA of the same shape ({args.lora_steps} steps, batch 8):")
     print(f"  to the task (its labelled examples):      {lora_task:8.1f} s  -> generator is "
           f"{lora_task / statistics.median(short):,.0f}x faster")
