@@ -110,6 +110,27 @@ def test_one_training_step_lowers_the_loss_on_a_fixed_batch(tmp_path):
     assert after < before - 0.05, (before, after)
 
 
+def test_lead_space_makes_answer_tokens_the_contexts_own(base, tmp_path):
+    """A name at the start of a reply tokenizes unlike the same name in a text; with the recipe's
+    lead space the answer's tokens are tokens of the context (what the copy head can emit)."""
+    from hyperadapter.data.schema import load_split
+    from hyperadapter.training.examples import ExampleSampler
+    write_tiny_data(tmp_path / "data")
+    records = {"conversation": load_split(tmp_path / "data", "train", "conversation")}
+
+    def answer_tokens_in_context(lead_space):
+        sampler = ExampleSampler(records, {"conversation": 1.0}, lead_space=lead_space)
+        found = []
+        for e in sampler.sample(6, 1):
+            context = set(base.tokenizer(e.context, add_special_tokens=False)["input_ids"])
+            answer = base.tokenizer(e.target, add_special_tokens=False)["input_ids"]
+            found.append(all(t in context for t in answer))
+        return found
+
+    assert all(answer_tokens_in_context(("conversation",)))
+    assert not any(answer_tokens_in_context(()))
+
+
 def test_distillation_loss_is_zero_when_student_sees_the_same_prompt(base, runtime):
     from hyperadapter.training.objectives import distill_loss, encode_pairs
     prompts = ["The capital of France is", "Two plus two is"]

@@ -44,7 +44,7 @@ def sample_choices(q: Query, rng: random.Random, k: int = MAX_CHOICES) -> tuple[
 
 class ExampleSampler:
     def __init__(self, records: dict[str, list[ContextRecord]], kind_weights: dict[str, float],
-                 seed: int = 0, selfsup_share: float = 0.25):
+                 seed: int = 0, selfsup_share: float = 0.25, lead_space: tuple[str, ...] = ()):
         self.records = {k: v for k, v in records.items() if v and kind_weights.get(k, 0) > 0}
         if not self.records:
             raise ValueError("no training records for any kind with a positive weight")
@@ -52,6 +52,7 @@ class ExampleSampler:
         self.weights = [kind_weights[k] for k in self.kinds]
         self.rng = random.Random(seed)
         self.selfsup_share = selfsup_share
+        self.lead_space = set(lead_space)
 
     def sample(self, n_contexts: int, queries_per_context: int) -> list[Example]:
         out: list[Example] = []
@@ -70,15 +71,19 @@ class ExampleSampler:
             if kind == "document" and self.rng.random() < self.selfsup_share:
                 cue, target = self._continuation(record.context)
                 if cue:
-                    out.append(Example(kind, record.id, record.context, f"Continue the text: {cue}", target, "selfsup"))
+                    out.append(Example(kind, record.id, record.context, f"Continue the text: {cue}",
+                                       self._spaced(kind, target), "selfsup"))
                     continue
             q = self.rng.choice(pool)
             out.append(self._example(kind, record.id, record.context, q))
         return out
 
+    def _spaced(self, kind: str, target: str) -> str:
+        return " " + target.lstrip() if kind in self.lead_space else target
+
     def _example(self, kind: str, key: str, context: str, q: Query) -> Example:
         if q.choices is None or len(q.choices) < 2:
-            return Example(kind, key, context, q.input, q.target, "supervised")
+            return Example(kind, key, context, q.input, self._spaced(kind, q.target), "supervised")
         choices, label = sample_choices(q, self.rng)
         return Example(kind, key, context, q.input, q.target, "choice", choices, label)
 

@@ -103,7 +103,7 @@ class Trainer:
         self._harness_base: dict[str, float] | None = None
         train = {k: load_split(data_dir, "train", k) for k in KINDS if recipe.kind_weights.get(k, 0) > 0}
         self.sampler = ExampleSampler(train, recipe.kind_weights, seed=recipe.seed + 1000 * self.accelerator.process_index,
-                                      selfsup_share=recipe.selfsup_share)
+                                      selfsup_share=recipe.selfsup_share, lead_space=tuple(recipe.lead_space))
         val = {k: load_split(data_dir, "validation", k) for k in train}
         self.val_examples = self._fixed_examples(val)
         self.cache = FeatureCache(self.generator, recipe.feature_cache_items)
@@ -122,7 +122,8 @@ class Trainer:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     def _fixed_examples(self, val: dict) -> dict[str, list[Example]]:
-        sampler = ExampleSampler(val, {k: 1.0 for k in val}, seed=12345, selfsup_share=0.0)
+        sampler = ExampleSampler(val, {k: 1.0 for k in val}, seed=12345, selfsup_share=0.0,
+                                 lead_space=tuple(self.recipe.lead_space))
         r = self.recipe
         n = r.eval_batches * r.contexts_per_batch
         out = {}

@@ -9,6 +9,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from hyperadapter.base import load_base
 from hyperadapter.config import load_settings
 from hyperadapter.data.schema import KINDS, Query, load_split
@@ -30,6 +32,8 @@ class MultitaskRecipe:
     seed: int = 0
     kind_weights: dict[str, float] = field(default_factory=lambda: {
         "task": 0.3, "demonstrations": 0.15, "document": 0.35, "conversation": 0.2})
+    threads: int = 0  # torch threads (0: torch's default)
+    lead_space: list[str] = field(default_factory=lambda: ["document", "conversation"])  # as the generator's recipe
 
 
 def load_multitask_recipe(path: str | Path, **overrides) -> MultitaskRecipe:
@@ -42,12 +46,15 @@ def load_multitask_recipe(path: str | Path, **overrides) -> MultitaskRecipe:
 
 
 def train_multitask(recipe: MultitaskRecipe) -> Path:
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
     settings = load_settings()
     base = load_base(recipe.base_model, settings.models_dir)
     runtime = LoraRuntime(base)
     data_dir = Path(recipe.data_dir) if recipe.data_dir else settings.prepared_data_dir
     train = {k: load_split(data_dir, "train", k) for k in KINDS if recipe.kind_weights.get(k, 0) > 0}
-    sampler = ExampleSampler(train, recipe.kind_weights, seed=recipe.seed, selfsup_share=0.0)
+    sampler = ExampleSampler(train, recipe.kind_weights, seed=recipe.seed, selfsup_share=0.0,
+                             lead_space=tuple(recipe.lead_space))
     pairs = [Query(e.input, [e.target], list(e.choices) or None, e.label if e.choices else None)
              for e in sampler.sample(recipe.steps * recipe.batch_size, 1)]
     adapter = train_lora(base, runtime, pairs, steps=recipe.steps, lr=recipe.lr, batch_size=recipe.batch_size,

@@ -31,6 +31,12 @@ class Recipe:
     # document queries); context distillation from the base that sees the context (KL weight, and
     # the share of steps that pay for the teacher's forward pass)
     selfsup_share: float = 0.25
+    # Answers of these kinds are trained with a leading space. A word at the start of a reply is
+    # tokenized unlike the same word inside a text ("Lisbon" -> L|is|bon, " Lisbon" -> one token):
+    # with the space, the answer's tokens are the very tokens of the context, which is what lets the
+    # copy head put a name or a span from a chat or a document into the reply. Scoring normalises
+    # whitespace, so a leading space costs nothing.
+    lead_space: list[str] = field(default_factory=lambda: ["document", "conversation"])
     distill_weight: float = 0.0
     distill_every: int = 4
     # generator architecture (GeneratorConfig fields)
