@@ -63,7 +63,7 @@ def cmd_generate(args) -> int:
         adapter = services.store.load(result.record.id)
     prompt = format_prompt(services.base, args.prompt, raw=args.raw)
     params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_p=args.top_p, seed=args.seed)
+                              top_p=args.top_p, seed=args.seed, strip_leading=not args.raw)
     try:
         for piece in services.runtime.stream(prompt, adapter, params):
             sys.stdout.write(piece)

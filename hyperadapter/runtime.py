@@ -155,6 +155,9 @@ class GenerationParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False  # decode exactly max_new_tokens (benchmarks), as vLLM's ignore_eos
+    # A chat reply starts without whitespace. Adapters trained to copy a word from their context emit
+    # its in-text token, which carries a leading space (" Lisbon"); a plain completion keeps it.
+    strip_leading: bool = False
 
 
 @dataclass
@@ -281,6 +284,8 @@ class DecodeBatch:
             else:
                 row.output_ids.append(token)
                 row.text = self.tokenizer.decode(row.output_ids, skip_special_tokens=True)
+                if row.params.strip_leading:
+                    row.text = row.text.lstrip()
                 for stop in row.params.stop:
                     cut = row.text.find(stop)
                     if stop and cut >= 0:

@@ -83,3 +83,11 @@ def test_invalid_adapter_is_refused_before_decoding(base, runtime, prompts):
     bad.weights[name][0][0, 0] = float("nan")
     with pytest.raises(AdapterError, match="NaN"):
         runtime.generate(prompts[:1], [bad])
+
+
+def test_strip_leading_drops_only_the_replys_leading_whitespace(base, runtime):
+    prompt = "The capital of France is"  # a raw continuation: the next token carries a space
+    plain = runtime.generate([prompt], None, GenerationParams(max_new_tokens=4))[0]
+    stripped = runtime.generate([prompt], None, GenerationParams(max_new_tokens=4, strip_leading=True))[0]
+    assert plain.startswith(" ") and plain.strip()
+    assert stripped == plain.lstrip()

@@ -61,7 +61,8 @@ def _submit(prompt: str, body, kind: str):
         raise bad_request(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceed the model's "
                           f"context of {context_window} tokens")
     params = GenerationParams(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                              seed=body.seed, stop=list(body.stop or []), ignore_eos=body.ignore_eos)
+                              seed=body.seed, stop=list(body.stop or []), ignore_eos=body.ignore_eos,
+                              strip_leading=kind == "chat")
     try:
         job = s.engine.submit(ids, adapter, params)
     except QueueFull as exc:
