@@ -18,8 +18,8 @@ cache (within a batch, a repeated context is generated once: its rows say how="r
 formed by context length (see `_batches`), not in file order, and stop growing at `max_context_chars`
 characters in total, so a batch of long documents takes no more memory than one maximal document.
 
-Crash safety and resume. An adapter folder is copied from the store into a temp folder
-`DIR/.<id>.tmp-*`, fsynced (the whole batch at once), renamed into place, and only then is its
+Crash safety and resume. An adapter folder is linked (or, across file systems, copied) from the store
+into a temp folder `DIR/.<id>.tmp-*`, fsynced (the whole batch at once), renamed into place, and only then is its
 manifest row appended (flush + fsync): a manifest row implies a complete folder. A rerun skips the
 lines that have a manifest row with the same kind and context hash and a complete folder, redoes the
 rest (what the killed run stored is then an exact cache hit), and first deletes leftover temp folders.
@@ -292,29 +292,47 @@ def _clean_leftovers(out_dir: Path) -> None:
 
 
 def _publish(pairs: list[tuple[Item, Path]], out_dir: Path) -> dict[str, str]:
-    """Copy each stored adapter folder to DIR/<id>/ atomically. Returns {item id: reason} for failures.
-    All temp copies are fsynced before any rename, so the disk flushes once per batch, not per adapter."""
+    """Put each stored adapter folder at DIR/<id>/ atomically. Returns {item id: reason} for failures.
+
+    The files are hard links to the store's (a store never rewrites a file in place: a new adapter is a
+    new folder), so publishing writes no data; where links are impossible (another file system) the
+    files are copied, and all copies are fsynced before any rename, once per batch."""
     failed: dict[str, str] = {}
     staged: list[tuple[Item, Path]] = []
+    copied: list[Path] = []
     for item, source in pairs:
         tmp = out_dir / f".{item.id}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             for name in PEFT_FILES:
-                shutil.copyfile(source / name, tmp / name)
+                if not _link(source / name, tmp / name):
+                    copied.append(tmp / name)
         except FileNotFoundError:  # evicted from the store since it was returned (a tiny store)
             shutil.rmtree(tmp, ignore_errors=True)
             failed[item.id] = (f"adapter left the store before it was copied ({source}); "
                                "raise cache_max_adapters / cache_max_bytes and rerun")
             continue
         staged.append((item, tmp))
+    for path in copied:
+        fsync_path(path)
     for _, tmp in staged:
-        for name in PEFT_FILES:
-            fsync_path(tmp / name)
+        fsync_path(tmp)  # the new names inside the folder, before the folder is renamed into place
     for item, tmp in staged:
         swap_in_dir(tmp, out_dir / item.id)  # redone (no manifest row, or a stale one): never a half folder
     fsync_path(out_dir)
     return failed
+
+
+def _link(source: Path, target: Path) -> bool:
+    """Hard-link `source` at `target` (True), or copy it where the file system refuses (False)."""
+    try:
+        os.link(source, target)
+        return True
+    except FileNotFoundError:
+        raise
+    except OSError:  # EXDEV (another file system), EPERM, EMLINK, ...
+        shutil.copyfile(source, target)
+        return False
 
 
 # ------------------------------------------------------------------------------- the run

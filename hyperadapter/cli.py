@@ -152,8 +152,12 @@ def cmd_eval(args) -> int:
         raise CLIError(f"--config {args.config}: no such file")
     if args.limit is not None and args.limit < 1:
         raise CLIError("--limit must be at least 1")
+    kinds = args.kinds.split(",") if args.kinds else None
+    unknown = set(kinds or ()) - set(KINDS)
+    if unknown:
+        raise CLIError(f"--kinds: unknown {', '.join(sorted(unknown))}; use some of {', '.join(KINDS)}")
     config = load_eval_config(args.config, limit=args.limit, out_dir=args.out, generator=args.generator,
-                              systems=args.systems.split(",") if args.systems else None)
+                              systems=args.systems.split(",") if args.systems else None, kinds=kinds)
     results = run_eval(config, settings)
     print(report.markdown(results))
     print(f"wrote {config.out_dir}/results.json, results.md, results.png")
@@ -237,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--generator", help="generator checkpoint folder (default: the shipped one)")
     e.add_argument("--systems", help="comma-separated subset of the config's systems (results merge into "
                                      "an existing results.json of the same contexts)")
+    e.add_argument("--kinds", help="comma-separated subset of the kinds (as --systems, results merge: two "
+                                   "processes can split one evaluation by kind)")
     e.add_argument("--settings", help="a settings TOML file")
     e.set_defaults(func=cmd_eval)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -214,6 +215,10 @@ def test_repeats_in_one_batch_are_generated_once(tmp_path, generator_dir):
     assert len({rows[line]["adapter"] for line in (1, 3, 4)}) == 1  # ...with one adapter, generated once
     assert sorted(rows[line]["how"] for line in (1, 3, 4)) == ["generated", "repeat", "repeat"]
     assert _store_count(root) == 2
+    # the published folders share the store's files (hard links) but outlive them: they are the user's
+    shutil.rmtree(root / "store")
+    for row in rows.values():
+        assert len(Adapter.load(out / row["id"]).weights) == 90
 
 
 def test_killed_midway_then_rerun_gives_one_adapter_per_line(tmp_path, generator_dir):

@@ -206,3 +206,26 @@ def test_report_states_the_generators_margins_and_oracle_share():
     assert lines[1] == ("- **task**, generated adapter: +6.0 over the base, +5.0 over the wrong context, "
                         "+3.0 over the multi-task LoRA, 60% of the oracle's gain")
     assert len(lines) == 2  # no document rows: nothing to compare
+
+
+def test_results_of_two_runs_split_by_kind_merge_into_one_table(tmp_path):
+    from hyperadapter.evaluation.report import write
+    summary = {"score": 10.0, "contexts": 2, "queries": 4, "by_metric": {"f1": 10.0}, "em": None,
+               "prompt_tokens": 40.0, "latency_ms": 5.0, "adapter_ms": None, "per_context": []}
+    config = {"split": "test", "max_contexts": {}, "limit": 4, "max_new_tokens": 8, "data_dir": ""}
+
+    def run(kind, score, systems):
+        return {"config": {**config, "kinds": [kind], "systems": systems},
+                "systems": {s: {kind: {**summary, "score": score}} for s in systems}}
+
+    write(run("document", 10.0, ["base", "generated"]), tmp_path)
+    write(run("task", 30.0, ["base"]), tmp_path)
+    merged = write(run("document", 12.0, ["generated"]), tmp_path)  # a system scored again replaces its score
+    assert merged["config"]["kinds"] == ["task", "document"]
+    assert merged["systems"]["base"]["task"]["score"] == 30.0 and merged["systems"]["base"]["document"]["score"] == 10.0
+    assert merged["systems"]["generated"] == {"document": {**summary, "score": 12.0}}
+    assert json.loads((tmp_path / "results.json").read_text()) == merged
+    # other contexts (here: more queries each) are another table: it replaces the old one
+    other = write({**run("task", 1.0, ["base"]), "config": {**config, "limit": 8, "kinds": ["task"], "systems": ["base"]}},
+                  tmp_path)
+    assert other["systems"] == {"base": {"task": {**summary, "score": 1.0}}}

@@ -78,17 +78,20 @@ def test_streaming_update_equals_reading_the_whole_history(base, sentence_encode
         assert len(stream.tail) < g.config.chunk_tokens  # constant-size state: never more than one chunk kept
     incremental = g.adapter_from_stream(stream)
     whole = g.generate_adapter(messages, "conversation")
-    # The documented bound: equal up to bf16 rounding of the features (a chunk read alone or beside
-    # others in a padded batch rounds differently), a relative error well under 1e-3 per factor.
+    # The documented bound (generator.model): equal up to bf16 rounding (of the features, where a chunk
+    # read alone or beside others in a padded batch rounds differently, and of the heads' matmuls), a
+    # relative error under 1e-2 per factor; leaving out one message moves them far more.
+    missing = g.generate_adapter(messages[:2] + messages[3:], "conversation")
     for m in whole.weights:
-        for x, y in zip(incremental.weights[m], whole.weights[m]):
-            assert (x - y).norm() <= 1e-3 * y.norm(), m
+        for x, y, z in zip(incremental.weights[m], whole.weights[m], missing.weights[m]):
+            assert (x - y).norm() <= 1e-2 * y.norm(), m
+            assert (z - y).norm() > 5e-2 * y.norm(), m
     tensors, meta = stream.to_tensors()
     restored = type(stream).from_tensors(tensors, meta)
     again = g.adapter_from_stream(g.append(restored, ["user: bye\n"]))
     direct = g.generate_adapter(messages + ["user: bye\n"], "conversation")
     m = next(iter(direct.weights))
-    assert (again.weights[m][1] - direct.weights[m][1]).norm() <= 1e-3 * direct.weights[m][1].norm()
+    assert (again.weights[m][1] - direct.weights[m][1]).norm() <= 1e-2 * direct.weights[m][1].norm()
 
 
 def test_one_training_step_lowers_the_loss_on_a_fixed_batch(tmp_path):

@@ -82,28 +82,41 @@ def chart(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-SAME_RUN = ("split", "kinds", "max_contexts", "limit", "max_new_tokens", "data_dir")
+SAME_RUN = ("split", "max_contexts", "limit", "max_new_tokens", "data_dir")
+KIND_ORDER = ("task", "demonstrations", "document", "conversation")
 
 
 def merge(results: dict, out_dir: Path) -> dict:
-    """Systems scored earlier on exactly the same contexts are kept beside the new ones, so the
-    baselines and the generator can be run at different times into one table."""
+    """Systems and kinds scored earlier on exactly the same contexts are kept beside the new ones, so
+    the baselines and the generator (or one kind and another, in two processes) can be run at
+    different times into one table. A (system, kind) scored again replaces the old score."""
     path = out_dir / "results.json"
     if not path.is_file():
         return results
     old = json.loads(path.read_text())
     if any(old["config"].get(k) != results["config"].get(k) for k in SAME_RUN):
         return results
-    systems = {**old["systems"], **results["systems"]}
-    config = {**results["config"], "systems": list(dict.fromkeys(old["config"]["systems"] + results["config"]["systems"]))}
+    systems = {name: dict(per_kind) for name, per_kind in old["systems"].items()}
+    for name, per_kind in results["systems"].items():
+        systems[name] = {**systems.get(name, {}), **per_kind}
+    kinds = set(old["config"]["kinds"]) | set(results["config"]["kinds"])
+    config = {**results["config"],
+              "kinds": [k for k in KIND_ORDER if k in kinds] + sorted(kinds - set(KIND_ORDER)),
+              "systems": list(dict.fromkeys(old["config"]["systems"] + results["config"]["systems"]))}
     return {**results, "config": config, "systems": systems}
 
 
 def write(results: dict, out_dir: Path) -> dict:
-    """Write results.json / .md / .png (merged with earlier systems of the same run); returns them."""
+    """Write results.json / .md / .png (merged with earlier systems and kinds of the same run, under a
+    lock so that two evaluations can finish into one folder); returns them."""
+    from filelock import FileLock
+
+    from hyperadapter.durable import atomic_write_bytes
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = merge(results, out_dir)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "results.md").write_text(markdown(results))
-    chart(results, out_dir / "results.png")
+    with FileLock(out_dir / ".results.lock"):
+        results = merge(results, out_dir)
+        atomic_write_bytes(out_dir / "results.json", json.dumps(results, indent=2).encode())
+        atomic_write_bytes(out_dir / "results.md", markdown(results).encode())
+        chart(results, out_dir / "results.png")
     return results

@@ -7,7 +7,10 @@ extended message by message with the same result as reading it whole.
 
 The pass runs under bfloat16 autocast (CPU matmuls in bf16, norms and outputs in float32), in
 training and in serving alike: 1.9x faster here on a 2,000-token document (1,075 -> 572 ms), and
-the generator sees at serving time the features it was trained on.
+the generator sees at serving time the features it was trained on. Autocast does not keep its casts
+of frozen weights, so the view holds its own copy of those layers with the linear weights already in
+bf16 (56 MB for 8 layers of the default model): the same numbers, bit for bit, without casting 28M
+weights on every call (a one-sentence description: 26 -> 14 ms here).
 """
 
 from __future__ import annotations
@@ -19,6 +22,20 @@ import torch
 from torch import Tensor, nn
 
 from hyperadapter.base import Base
+
+
+def _bf16_linears(layers: nn.ModuleList) -> nn.ModuleList:
+    """A copy of `layers` whose linear weights are stored in bfloat16 (what autocast would cast them
+    to), everything else as it was; no hooks (the runtime's adapters never apply to features)."""
+    layers = copy.deepcopy(layers)
+    for module in layers.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+        if isinstance(module, nn.Linear):
+            module.weight.data = module.weight.data.to(torch.bfloat16)
+            if module.bias is not None:
+                module.bias.data = module.bias.data.to(torch.bfloat16)
+    return layers.requires_grad_(False)
 
 
 class TokenFeatures:
@@ -35,7 +52,7 @@ class TokenFeatures:
             # a shallow copy with its own module table: the same layer objects, only the first `layer`
             view = copy.copy(inner)
             view._modules = dict(inner._modules)
-            view._modules["layers"] = nn.ModuleList(list(inner.layers)[:layer])
+            view._modules["layers"] = _bf16_linears(nn.ModuleList(list(inner.layers)[:layer]))
             self.view = view
         self._lock = threading.Lock()
 

@@ -49,6 +49,9 @@ class AttentionState:
     def detach(self) -> "AttentionState":
         return AttentionState(*(getattr(self, f).detach() for f in FIELDS))
 
+    def rows(self, start: int, stop: int) -> "AttentionState":
+        return AttentionState(*(getattr(self, f)[start:stop] for f in FIELDS))
+
     @staticmethod
     def cat(states: list["AttentionState"]) -> "AttentionState":
         return AttentionState(*(torch.cat([getattr(s, f) for s in states]) for f in FIELDS))

@@ -5,9 +5,10 @@ adapters; `stream(kind)` gives a `ContextStream` that takes a context piece by p
 messages) and can produce the adapter at any time, keeping only a fixed-size state: the attention
 statistics over all complete chunks, the last incomplete chunk's tokens (< chunk_tokens), and the
 running sentence-embedding sum. Appending never re-reads old text, and the adapter after any
-sequence of appends equals the one made from all segments at once, up to the bf16 rounding of the
-token features (a chunk read alone or beside others in one padded batch rounds differently: a
-relative difference of at most ~3e-4 seen, tested against a bound of 1e-3).
+sequence of appends equals the one made from all segments at once, up to bf16 rounding: of the token
+features (a chunk read alone or beside others in one padded batch rounds differently) and of the
+heads' matmuls, which run in bf16 at inference (factors within ~0.3% of float32). A relative
+difference of ~4e-3 per factor seen, tested against a bound of 1e-2.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from hyperadapter.generator.encoder import TokenFeatures
 from hyperadapter.generator.hypernet import AttentionState, HyperNetwork
 
 WEIGHTS = "generator.safetensors"
+# Contexts per hypernetwork pass at inference. Its attention scores and outputs are [contexts, 720
+# slots, ...]: a few contexts at a time stay in the CPU's caches, where 32 at once spilled to memory
+# and ran slower per context than one at a time (benchmarks/batch.py). The base pass stays batched.
+GROUP = 4
 CONFIG = "generator_config.json"
 
 
@@ -130,28 +135,32 @@ class Generator:
         return (vectors * weights[:, None]).sum(0), float(weights.sum())
 
     def _absorb_chunks(self, states: AttentionState, chunks_per_row: list[list[list[int]]]) -> AttentionState:
-        """Fold each row's chunks (token id lists) into its state; chunks are encoded in one batch."""
+        """Fold each row's chunks (token id lists) into its state. All chunks go through the base in
+        one batch; the hypernetwork then takes GROUP rows at a time (see GROUP)."""
         if not self.config.use_tokens:
             return states
         flat = [c for chunks in chunks_per_row for c in chunks]
         if not flat:
             return states
         feats, mask, emb = self.features(flat)
-        # regroup: a row's chunks side by side become one long token axis (softmax over all is the same)
-        rows = []
-        i = 0
-        width = max(len(chunks) for chunks in chunks_per_row) * feats.shape[1]
-        pad = torch.nn.functional.pad
+        # a row's real tokens from all its chunks, side by side (softmax over all of them is the same)
+        per_row, i = [], 0
         for chunks in chunks_per_row:
             n = len(chunks)
-            f = feats[i:i + n].reshape(1, -1, feats.shape[-1])
-            e = emb[i:i + n].reshape(1, -1, emb.shape[-1])
-            m = mask[i:i + n].reshape(1, -1)
-            extra = width - f.shape[1]
-            rows.append((pad(f, (0, 0, 0, extra)), pad(m, (0, extra)), pad(e, (0, 0, 0, extra))))
+            keep = mask[i:i + n].reshape(-1).bool()
+            per_row.append((feats[i:i + n].reshape(-1, feats.shape[-1])[keep],
+                            emb[i:i + n].reshape(-1, emb.shape[-1])[keep]))
             i += n
-        f, m, e = (torch.cat([r[j] for r in rows]) for j in range(3))
-        return self.hypernet.absorb(states, f, m, e)
+        pad = torch.nn.functional.pad
+        parts = []
+        for g in range(0, len(per_row), GROUP):
+            group = per_row[g:g + GROUP]
+            width = max(f.shape[0] for f, _ in group)
+            f = torch.stack([pad(f, (0, 0, 0, width - f.shape[0])) for f, _ in group])
+            e = torch.stack([pad(e, (0, 0, 0, width - e.shape[0])) for _, e in group])
+            m = torch.stack([pad(torch.ones(x.shape[0], dtype=torch.long), (0, width - x.shape[0])) for x, _ in group])
+            parts.append(self.hypernet.absorb(states.rows(g, g + len(group)), f, m, e))
+        return AttentionState.cat(parts)
 
     def _chunks(self, tokens: list[int]) -> tuple[list[list[int]], list[int]]:
         """Complete chunks, and the incomplete tail."""
@@ -190,10 +199,24 @@ class Generator:
         states = self._absorb_chunks(states, [[s.tail] if s.tail else [] for s in streams])
         sentence = torch.stack([s.sentence_sum / max(s.sentence_weight, 1e-9) for s in streams])
         sentence = torch.nn.functional.normalize(sentence, dim=-1)
-        kinds = torch.tensor([check_kind(s.kind) for s in streams])
-        factors = self.hypernet.factors(states, sentence, kinds)
-        return [self._to_adapter(factors, i, {"kind": s.kind, "generator": self.name, **md})
-                for i, (s, md) in enumerate(zip(streams, metadatas))]
+        kinds = [s.kind for s in streams]
+        return self._adapters(states, sentence, kinds, metadatas)
+
+    def _adapters(self, states: AttentionState, sentence: Tensor, kinds: list[str],
+                  metadatas: Sequence[dict]) -> list[Adapter]:
+        """Hypernetwork heads, GROUP contexts at a time, and the Adapter values."""
+        out = []
+        for g in range(0, len(kinds), GROUP):
+            rows = range(g, min(g + GROUP, len(kinds)))
+            ids = torch.tensor([check_kind(kinds[i]) for i in rows])
+            # bf16 matmuls (AMX/AVX512-BF16 here): 27 -> 16 ms for one adapter, factors within 0.3% of
+            # float32; the streaming statistics before this stay float32.
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                factors = self.hypernet.factors(states.rows(g, rows.stop), sentence[g:rows.stop], ids)
+            factors = {m: (a.float(), b.float()) for m, (a, b) in factors.items()}
+            out += [self._to_adapter(factors, j, {"kind": kinds[i], "generator": self.name, **metadatas[i]})
+                    for j, i in enumerate(rows)]
+        return out
 
     # ------------------------------------------------------------ one-shot
     @torch.no_grad()
@@ -232,11 +255,8 @@ class Generator:
                 sentence[row] = (vecs[i:i + len(segs)] * w[:, None]).sum(0) / w.sum()
                 i += len(segs)
             sentence = torch.nn.functional.normalize(sentence, dim=-1)
-        kinds = torch.tensor([KIND_IDS[k] for k in streams])
-        factors = self.hypernet.factors(states, sentence, kinds)
         metadatas = list(metadatas or [{}] * len(items))
-        return [self._to_adapter(factors, i, {"kind": kind, "generator": self.name, **md})
-                for i, (kind, md) in enumerate(zip(streams, metadatas))]
+        return self._adapters(states, sentence, streams, metadatas)
 
     # ------------------------------------------------------------ helpers
     def _to_adapter(self, factors: dict[str, tuple[Tensor, Tensor]], row: int, metadata: dict) -> Adapter:
