@@ -31,8 +31,9 @@ def test_a_replaced_generator_rereads_the_history(base, sentence_encoder, tmp_pa
     info = users.append("acme", "ann", more)
     got = store.load(info["adapter_id"])
     expected = second.generate_adapter([f"{m['role']}: {m['content']}\n" for m in history + more], "conversation")
-    for m in expected.weights:
-        torch.testing.assert_close(got.weights[m][1], expected.weights[m][1], atol=1e-5, rtol=1e-4)
+    for m in expected.weights:  # equal up to bf16 rounding (the bound of generator.model's streaming)
+        x, y = got.weights[m][1].float(), expected.weights[m][1].float()
+        assert (x - y).norm() <= 1e-2 * y.norm(), m
     assert info["messages"] == 3
     lines = (tmp_path / "users" / "acme" / "ann" / "messages.jsonl").read_text().splitlines()
     assert [json.loads(x)["content"] for x in lines][-1] == "Also, my sister is Clara."
