@@ -6,6 +6,11 @@ transformers so that we do not need the sentence-transformers package at run tim
 than the encoder's 256-token window are cut into windows whose embeddings are averaged
 (token-count weighted) and normalised again.
 
+The encoder runs under bf16 autocast with its linear weights stored in bf16 (autocast would cast
+them on every call otherwise): 24 -> 14 ms for one ~100-token text on one thread here, embeddings
+within a cosine of 0.9999 of float32. Pieces are batched by length under a token budget, so one
+long text does not make thirty short ones pay for its padding.
+
 Texts are normalised first (NFC, whitespace runs collapsed: nothing the uncased WordPiece tokenizer
 would see), and the last few thousand embeddings are remembered by the normalised text's hash: a
 context posted to the API is embedded once for the cache key and again as a generator feature, and
@@ -49,14 +54,23 @@ class SentenceEncoder:
 
     dim = DIM
 
-    def __init__(self, path: str | Path | None = None, window: int = 256, memory: int = 4096):
+    def __init__(self, path: str | Path | None = None, window: int = 256, memory: int = 4096,
+                 bf16: bool = True, batch_tokens: int = 2048):
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(path) if path else _model_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.tokenizer.model_max_length = 10**9  # we cut into windows ourselves
         self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
+        self.bf16 = bf16
+        if bf16:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.weight.data = module.weight.data.to(torch.bfloat16)
+                    if module.bias is not None:
+                        module.bias.data = module.bias.data.to(torch.bfloat16)
         self.window = window
+        self.batch_tokens = batch_tokens
         self._lock = threading.Lock()
         self._memory: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self._memory_size = memory
@@ -92,15 +106,22 @@ class SentenceEncoder:
         sums = torch.zeros(len(texts), DIM)
         weights = torch.zeros(len(texts), 1)
         order = sorted(range(len(pieces)), key=lambda k: len(pieces[k]))  # similar lengths pad less
-        with self._lock:
-            for s in range(0, len(order), batch_size):
-                chunk = [pieces[k] for k in order[s:s + batch_size]]
-                cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-                enc = self.tokenizer.pad({"input_ids": [[cls, *c, sep] for c in chunk]}, return_tensors="pt")
-                hidden = self.model(**enc).last_hidden_state
+        batches, start = [], 0
+        while start < len(order):  # ascending lengths: a batch's width is its last piece's
+            end = start + 1
+            while (end < len(order) and end - start < batch_size
+                   and (end - start + 1) * (len(pieces[order[end]]) + 2) <= self.batch_tokens):
+                end += 1
+            batches.append(order[start:end])
+            start = end
+        cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        with self._lock, torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            for batch in batches:
+                enc = self.tokenizer.pad({"input_ids": [[cls, *pieces[k], sep] for k in batch]}, return_tensors="pt")
+                hidden = self.model(**enc).last_hidden_state.float()
                 mask = enc["attention_mask"].unsqueeze(-1).float()
                 pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
-                for row, k in enumerate(order[s:s + batch_size]):
+                for row, k in enumerate(batch):
                     n = len(pieces[k])
                     sums[owner[k]] += pooled[row] * n
                     weights[owner[k]] += n

@@ -61,7 +61,8 @@ class TokenFeatures:
         return self.base.model.get_input_embeddings()(ids)
 
     @torch.no_grad()
-    def __call__(self, chunks: list[list[int]], batch_size: int = 8) -> tuple[Tensor, Tensor, Tensor]:
+    def __call__(self, chunks: list[list[int]], batch_tokens: int = 2048,
+                 max_rows: int = 64) -> tuple[Tensor, Tensor, Tensor]:
         if not chunks:
             hidden = self.base.config.hidden_size
             return torch.zeros(0, 0, hidden), torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0, hidden)
@@ -71,13 +72,21 @@ class TokenFeatures:
         for i, c in enumerate(chunks):
             ids[i, :len(c)] = torch.tensor(c, dtype=torch.long)
             mask[i, :len(c)] = 1
-        outs = []
-        for s in range(0, len(chunks), batch_size):
-            # each sub-batch padded only to its own longest chunk
-            width = int(mask[s:s + batch_size].sum(-1).max())
-            part = self._forward(ids[s:s + batch_size, :width], mask[s:s + batch_size, :width])
-            outs.append(torch.nn.functional.pad(part, (0, 0, 0, length - width)))
-        return torch.cat(outs), mask, self.embed(ids)
+        # Sub-batches of similar length under a token budget, each padded only to its own longest
+        # chunk: a document's 256-token chunks and thirty one-line descriptions do not share a width.
+        order = sorted(range(len(chunks)), key=lambda i: len(chunks[i]))
+        out = torch.zeros(len(chunks), length, self.base.config.hidden_size)
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while (end < len(order) and end - start < max_rows
+                   and (end - start + 1) * len(chunks[order[end]]) <= batch_tokens):
+                end += 1
+            rows = torch.tensor(order[start:end])
+            width = len(chunks[order[end - 1]])
+            out[rows, :width] = self._forward(ids[rows, :width], mask[rows, :width])
+            start = end
+        return out, mask, self.embed(ids)
 
     def _forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -139,16 +139,14 @@ class Generator:
         weights = torch.tensor([float(max(1, len(s))) for s in segments])
         return (vectors * weights[:, None]).sum(0), float(weights.sum())
 
-    def _absorb_chunks(self, states: AttentionState, chunks_per_row: list[list[list[int]]]) -> AttentionState:
-        """Fold each row's chunks (token id lists) into its state. All chunks go through the base in
-        one batch; the hypernetwork then takes GROUP rows at a time (see GROUP)."""
-        if not self.config.use_tokens:
-            return states
+    def _token_features(self, chunks_per_row: list[list[list[int]]]) -> list[tuple[Tensor, Tensor]] | None:
+        """Per row, the features and input embeddings of its real tokens from all its chunks, side by
+        side (softmax over all of them is the same); every chunk goes through the base in one batch.
+        None when the generator does not read tokens or there are none."""
         flat = [c for chunks in chunks_per_row for c in chunks]
-        if not flat:
-            return states
+        if not self.config.use_tokens or not flat:
+            return None
         feats, mask, emb = self.features(flat)
-        # a row's real tokens from all its chunks, side by side (softmax over all of them is the same)
         per_row, i = [], 0
         for chunks in chunks_per_row:
             n = len(chunks)
@@ -156,16 +154,24 @@ class Generator:
             per_row.append((feats[i:i + n].reshape(-1, feats.shape[-1])[keep],
                             emb[i:i + n].reshape(-1, emb.shape[-1])[keep]))
             i += n
+        return per_row
+
+    def _absorb_rows(self, states: AttentionState, rows: list[tuple[Tensor, Tensor]]) -> AttentionState:
+        """Fold a few rows' token features (from _token_features) into their states."""
         pad = torch.nn.functional.pad
-        parts = []
-        for g in range(0, len(per_row), GROUP):
-            group = per_row[g:g + GROUP]
-            width = max(f.shape[0] for f, _ in group)
-            f = torch.stack([pad(f, (0, 0, 0, width - f.shape[0])) for f, _ in group])
-            e = torch.stack([pad(e, (0, 0, 0, width - e.shape[0])) for _, e in group])
-            m = torch.stack([pad(torch.ones(x.shape[0], dtype=torch.long), (0, width - x.shape[0])) for x, _ in group])
-            parts.append(self.hypernet.absorb(states.rows(g, g + len(group)), f, m, e))
-        return AttentionState.cat(parts)
+        width = max(f.shape[0] for f, _ in rows)
+        f = torch.stack([pad(f, (0, 0, 0, width - f.shape[0])) for f, _ in rows])
+        e = torch.stack([pad(e, (0, 0, 0, width - e.shape[0])) for _, e in rows])
+        m = torch.stack([pad(torch.ones(x.shape[0], dtype=torch.long), (0, width - x.shape[0])) for x, _ in rows])
+        return self.hypernet.absorb(states, f, m, e)
+
+    def _absorb_chunks(self, states: AttentionState, chunks_per_row: list[list[list[int]]]) -> AttentionState:
+        """Fold each row's chunks (token id lists) into its state, GROUP rows at a time."""
+        per_row = self._token_features(chunks_per_row)
+        if per_row is None:
+            return states
+        return AttentionState.cat([self._absorb_rows(states.rows(g, g + GROUP), per_row[g:g + GROUP])
+                                   for g in range(0, len(per_row), GROUP)])
 
     def _chunks(self, tokens: list[int]) -> tuple[list[list[int]], list[int]]:
         """Complete chunks, and the incomplete tail."""
@@ -209,19 +215,23 @@ class Generator:
 
     def _adapters(self, states: AttentionState, sentence: Tensor, kinds: list[str],
                   metadatas: Sequence[dict]) -> list[Adapter]:
-        """Hypernetwork heads, GROUP contexts at a time, and the Adapter values."""
         out = []
         for g in range(0, len(kinds), GROUP):
-            rows = range(g, min(g + GROUP, len(kinds)))
-            ids = torch.tensor([check_kind(kinds[i]) for i in rows])
-            # bf16 matmuls (AMX/AVX512-BF16 here): 27 -> 16 ms for one adapter, factors within 0.3% of
-            # float32; the streaming statistics before this stay float32.
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                factors = self.hypernet.factors(states.rows(g, rows.stop), sentence[g:rows.stop], ids)
-            factors = {m: (a.float(), b.float()) for m, (a, b) in factors.items()}
-            out += [self._to_adapter(factors, j, {"kind": kinds[i], "generator": self.name, **metadatas[i]})
-                    for j, i in enumerate(rows)]
+            out += self._group_adapters(states.rows(g, g + GROUP), sentence[g:g + GROUP], kinds[g:g + GROUP],
+                                        metadatas[g:g + GROUP])
         return out
+
+    def _group_adapters(self, states: AttentionState, sentence: Tensor, kinds: list[str],
+                        metadatas: Sequence[dict]) -> list[Adapter]:
+        """The hypernetwork's heads for a few contexts (at most GROUP), and their Adapter values."""
+        ids = torch.tensor([check_kind(k) for k in kinds])
+        # bf16 matmuls (AMX/AVX512-BF16 here): 27 -> 16 ms for one adapter, factors within 0.3% of
+        # float32; the streaming statistics before this stay float32.
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            factors = self.hypernet.factors(states, sentence, ids)
+        factors = {m: (a.float(), b.float()) for m, (a, b) in factors.items()}
+        return [self._to_adapter(factors, i, {"kind": kind, "generator": self.name, **md})
+                for i, (kind, md) in enumerate(zip(kinds, metadatas))]
 
     # ------------------------------------------------------------ one-shot
     @torch.no_grad()
@@ -248,8 +258,7 @@ class Generator:
             all_chunks.append(full + ([tail] if tail else []))
             sentence_inputs.append(segs)
             streams.append(kind)
-        states = self.hypernet.init_state(len(items))
-        states = self._absorb_chunks(states, all_chunks)
+        per_row = self._token_features(all_chunks)
         sentence = torch.zeros(len(items), self.config.sentence_dim)
         if self.sentence_encoder is not None and self.config.use_sentence:
             flat = [s for segs in sentence_inputs for s in segs]
@@ -261,7 +270,13 @@ class Generator:
                 i += len(segs)
             sentence = torch.nn.functional.normalize(sentence, dim=-1)
         metadatas = list(metadatas or [{}] * len(items))
-        return self._adapters(states, sentence, streams, metadatas)
+        out = []
+        for g in range(0, len(items), GROUP):  # a few contexts at a time from here on (see GROUP)
+            states = self.hypernet.init_state(len(streams[g:g + GROUP]))
+            if per_row is not None:
+                states = self._absorb_rows(states, per_row[g:g + GROUP])
+            out += self._group_adapters(states, sentence[g:g + GROUP], streams[g:g + GROUP], metadatas[g:g + GROUP])
+        return out
 
     # ------------------------------------------------------------ helpers
     def _to_adapter(self, factors: dict[str, tuple[Tensor, Tensor]], row: int, metadata: dict) -> Adapter:
