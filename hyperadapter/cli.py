@@ -158,6 +158,9 @@ def cmd_eval(args) -> int:
         raise CLIError(f"--kinds: unknown {', '.join(sorted(unknown))}; use some of {', '.join(KINDS)}")
     config = load_eval_config(args.config, limit=args.limit, out_dir=args.out, generator=args.generator,
                               systems=args.systems.split(",") if args.systems else None, kinds=kinds)
+    if settings.torch_threads:
+        import torch
+        torch.set_num_threads(settings.torch_threads)
     results = run_eval(config, settings)
     print(report.markdown(results))
     print(f"wrote {config.out_dir}/results.json, results.md, results.png")
