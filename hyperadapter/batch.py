@@ -57,6 +57,7 @@ MANIFEST, ERRORS = "manifest.jsonl", "errors.jsonl"
 LOCK = ".batch.lock"
 OWNER = "batch"
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")  # = adapter.CONFIG_NAME, WEIGHTS_NAME
+CONFIG, WEIGHTS = PEFT_FILES
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # as the store's ids: no '/', no leading '.'
 _PART = re.compile(r"^(manifest|errors)\.(\d+)\.jsonl$")
 _LEFTOVER = re.compile(r"^\..+\.(tmp|old)-")  # our temp folders/files (and Adapter.save's)
@@ -294,9 +295,10 @@ def _clean_leftovers(out_dir: Path) -> None:
 def _publish(pairs: list[tuple[Item, Path]], out_dir: Path) -> dict[str, str]:
     """Put each stored adapter folder at DIR/<id>/ atomically. Returns {item id: reason} for failures.
 
-    The files are hard links to the store's (a store never rewrites a file in place: a new adapter is a
-    new folder), so publishing writes no data; where links are impossible (another file system) the
-    files are copied, and all copies are fsynced before any rename, once per batch."""
+    The weights file is a hard link to the store's (the store never rewrites a file in place: a new
+    adapter is a new folder), so publishing writes no weights; the small config is copied, so that
+    editing it in DIR cannot touch the store. Where links are impossible (another file system) the
+    weights are copied too. Copies are fsynced before any rename, once per batch."""
     failed: dict[str, str] = {}
     staged: list[tuple[Item, Path]] = []
     copied: list[Path] = []
@@ -304,9 +306,10 @@ def _publish(pairs: list[tuple[Item, Path]], out_dir: Path) -> dict[str, str]:
         tmp = out_dir / f".{item.id}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            for name in PEFT_FILES:
-                if not _link(source / name, tmp / name):
-                    copied.append(tmp / name)
+            shutil.copyfile(source / CONFIG, tmp / CONFIG)
+            copied.append(tmp / CONFIG)
+            if not _link(source / WEIGHTS, tmp / WEIGHTS):
+                copied.append(tmp / WEIGHTS)
         except FileNotFoundError:  # evicted from the store since it was returned (a tiny store)
             shutil.rmtree(tmp, ignore_errors=True)
             failed[item.id] = (f"adapter left the store before it was copied ({source}); "

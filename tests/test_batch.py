@@ -215,7 +215,12 @@ def test_repeats_in_one_batch_are_generated_once(tmp_path, generator_dir):
     assert len({rows[line]["adapter"] for line in (1, 3, 4)}) == 1  # ...with one adapter, generated once
     assert sorted(rows[line]["how"] for line in (1, 3, 4)) == ["generated", "repeat", "repeat"]
     assert _store_count(root) == 2
-    # the published folders share the store's files (hard links) but outlive them: they are the user's
+    # the published weights are the store's file (a hard link), the config a copy of its own: editing
+    # it in place cannot reach the store, and the folders outlive the store
+    row = rows[1]
+    folder, stored = out / row["id"], root / "store" / "adapters" / row["adapter"]
+    assert (folder / "adapter_model.safetensors").stat().st_ino == (stored / "adapter_model.safetensors").stat().st_ino
+    assert (folder / "adapter_config.json").stat().st_ino != (stored / "adapter_config.json").stat().st_ino
     shutil.rmtree(root / "store")
     for row in rows.values():
         assert len(Adapter.load(out / row["id"]).weights) == 90
