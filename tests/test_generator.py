@@ -134,6 +134,21 @@ def test_lead_space_makes_answer_tokens_the_contexts_own(base, tmp_path):
     assert not any(answer_tokens_in_context(()))
 
 
+def test_unrelated_queries_keep_the_context_and_take_another_tasks_query(tmp_path):
+    from hyperadapter.data.schema import load_split
+    from hyperadapter.training.examples import ExampleSampler
+    write_tiny_data(tmp_path / "data")
+    records = {k: load_split(tmp_path / "data", "train", k) for k in ("task", "conversation")}
+    sampler = ExampleSampler(records, {"task": 1.0, "conversation": 1.0}, unrelated_share=1.0,
+                             lead_space=("conversation",))
+    pairs = {(q.input, q.target): r.id for r in records["task"] for q in r.queries + r.support}  # one word per task
+    contexts = {r.id: r.context for rs in records.values() for r in rs}
+    for e in sampler.sample(20, 1):
+        assert e.objective == "unrelated" and e.context == contexts[e.context_key]
+        assert pairs[(e.input, e.target)] != e.context_key  # another task's query with its answer, no lead space
+    assert ExampleSampler(records, {"task": 1.0}, unrelated_share=0.0).sample(5, 1)[0].objective != "unrelated"
+
+
 def test_distillation_loss_is_zero_when_student_sees_the_same_prompt(base, runtime):
     from hyperadapter.training.objectives import distill_loss, encode_pairs
     prompts = ["The capital of France is", "Two plus two is"]

@@ -29,7 +29,7 @@ class Example:
     context: str
     input: str
     target: str
-    objective: str  # "supervised" | "selfsup" | "choice"
+    objective: str  # "supervised" | "selfsup" | "choice" | "unrelated" (another task's query: locality)
     choices: tuple[str, ...] = ()  # with objective "choice": candidate answers, the right one at `label`
     label: int = 0
 
@@ -44,7 +44,8 @@ def sample_choices(q: Query, rng: random.Random, k: int = MAX_CHOICES) -> tuple[
 
 class ExampleSampler:
     def __init__(self, records: dict[str, list[ContextRecord]], kind_weights: dict[str, float],
-                 seed: int = 0, selfsup_share: float = 0.25, lead_space: tuple[str, ...] = ()):
+                 seed: int = 0, selfsup_share: float = 0.25, lead_space: tuple[str, ...] = (),
+                 unrelated_share: float = 0.0):
         self.records = {k: v for k, v in records.items() if v and kind_weights.get(k, 0) > 0}
         if not self.records:
             raise ValueError("no training records for any kind with a positive weight")
@@ -53,13 +54,29 @@ class ExampleSampler:
         self.rng = random.Random(seed)
         self.selfsup_share = selfsup_share
         self.lead_space = set(lead_space)
+        self.unrelated_share = unrelated_share
+        self.tasks = records.get("task") or []
+        if unrelated_share > 0 and len(self.tasks) < 2:
+            raise ValueError("unrelated_share needs task records (their queries are the unrelated ones)")
 
     def sample(self, n_contexts: int, queries_per_context: int) -> list[Example]:
         out: list[Example] = []
         for kind in self.rng.choices(self.kinds, self.weights, k=n_contexts):
             record = self.rng.choice(self.records[kind])
-            out.extend(self.examples_for(record, queries_per_context))
+            out.extend(self._maybe_unrelated(e, record) for e in self.examples_for(record, queries_per_context))
         return out
+
+    def _maybe_unrelated(self, example: Example, record: ContextRecord) -> Example:
+        """With probability unrelated_share, the same context with a query of another task, trained
+        to its own answer: an adapter must not break what its context says nothing about (a user's
+        adapter still answers "What is the capital of France?")."""
+        if self.unrelated_share <= 0 or self.rng.random() >= self.unrelated_share:
+            return example
+        own = record.id.removeprefix("demos/")
+        other = self.rng.choice([t for t in self.tasks if t.id != own] or self.tasks)
+        q = self.rng.choice(other.queries + other.support)
+        e = self._example("task", example.context_key, example.context, q)
+        return Example(example.kind, e.context_key, e.context, e.input, e.target, "unrelated", e.choices, e.label)
 
     def examples_for(self, record: ContextRecord, n: int) -> list[Example]:
         kind = record.kind

@@ -103,7 +103,8 @@ class Trainer:
         self._harness_base: dict[str, float] | None = None
         train = {k: load_split(data_dir, "train", k) for k in KINDS if recipe.kind_weights.get(k, 0) > 0}
         self.sampler = ExampleSampler(train, recipe.kind_weights, seed=recipe.seed + 1000 * self.accelerator.process_index,
-                                      selfsup_share=recipe.selfsup_share, lead_space=tuple(recipe.lead_space))
+                                      selfsup_share=recipe.selfsup_share, lead_space=tuple(recipe.lead_space),
+                                      unrelated_share=recipe.unrelated_share)
         val = {k: load_split(data_dir, "validation", k) for k in train}
         self.val_examples = self._fixed_examples(val)
         self.cache = FeatureCache(self.generator, recipe.feature_cache_items)

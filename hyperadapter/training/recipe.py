@@ -37,6 +37,9 @@ class Recipe:
     # copy head put a name or a span from a chat or a document into the reply. Scoring normalises
     # whitespace, so a leading space costs nothing.
     lead_space: list[str] = field(default_factory=lambda: ["document", "conversation"])
+    # Share of examples whose query is replaced by another task's query (trained to that task's own
+    # answer), the context kept: locality, so that an adapter leaves alone what its context is not about.
+    unrelated_share: float = 0.0
     distill_weight: float = 0.0
     distill_every: int = 4
     # generator architecture (GeneratorConfig fields)
