@@ -164,11 +164,13 @@ def test_harness_end_to_end(base, runtime, sentence_encoder, tmp_path):
     config = EvalConfig(out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"),
                         max_contexts={k: 2 for k in KINDS}, limit=2, max_new_tokens=8, task_lora_steps=3,
                         task_lora_dir=str(tmp_path / "oracles"),
-                        systems=["base", "base+context", "generated", "generated-wrong", "per-task-lora"])
+                        systems=["base", "base+context", "generated", "generated-wrong", "generated-unrelated",
+                                 "per-task-lora"])
     generator = Generator.fresh(base, sentence_encoder)
     results = run_eval(config, load_settings(), base=base, runtime=runtime, generator=generator)
     systems = results["systems"]
-    assert set(systems) == {"base", "base+context", "generated", "generated (wrong context)", "per-task LoRA (oracle)"}
+    assert set(systems) == {"base", "base+context", "generated", "generated (wrong context)",
+                            "generated (unrelated context)", "per-task LoRA (oracle)"}
     assert set(systems["per-task LoRA (oracle)"]) == {"task", "demonstrations"}
     for name, per_kind in systems.items():
         for kind, r in per_kind.items():
@@ -229,3 +231,18 @@ def test_results_of_two_runs_split_by_kind_merge_into_one_table(tmp_path):
     other = write({**run("task", 1.0, ["base"]), "config": {**config, "limit": 8, "kinds": ["task"], "systems": ["base"]}},
                   tmp_path)
     assert other["systems"] == {"base": {"task": {**summary, "score": 1.0}}}
+
+
+def test_unrelated_context_system_takes_adapters_from_another_kind(tmp_path):
+    from hyperadapter.evaluation.systems import UnrelatedContextSystem
+    write_tiny_data(tmp_path / "data")
+    made = []
+    system = UnrelatedContextSystem(None, lambda kind, ctx: made.append((kind, ctx)) or len(made),
+                                    lambda kind: load_split(tmp_path / "data", "test", kind))
+    for kind, partner in UnrelatedContextSystem.PARTNER_KIND.items():
+        records = load_split(tmp_path / "data", "test", kind)
+        system.prepare(records)
+        contexts = {r.context for r in load_split(tmp_path / "data", "test", partner)}
+        for r in records:
+            system.adapter(r)
+            assert made[-1][0] == partner and made[-1][1] in contexts

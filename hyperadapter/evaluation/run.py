@@ -10,7 +10,8 @@ from hyperadapter.evaluation.harness import EvalConfig, Harness
 from hyperadapter.evaluation.systems import (AdapterSystem, BaseSystem, ContextInPromptSystem,
                                              FixedAdapterSystem, PerTaskLoraSystem)
 
-SYSTEM_NAMES = ("base", "base+context", "generated", "generated-wrong", "multitask-lora", "per-task-lora", "blend")
+SYSTEM_NAMES = ("base", "base+context", "generated", "generated-wrong", "generated-unrelated", "multitask-lora",
+                "per-task-lora", "blend")
 
 
 def catalogue_blender(generator, data_dir: Path, per_kind: int, k: int, tmp_root: Path):
@@ -54,7 +55,7 @@ def build_systems(config: EvalConfig, settings: Settings, base, runtime, generat
     if unknown:
         raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEM_NAMES)}")
     systems = []
-    if {"generated", "generated-wrong", "blend"} & set(config.systems) and generator is None:
+    if {"generated", "generated-wrong", "generated-unrelated", "blend"} & set(config.systems) and generator is None:
         from hyperadapter.embedding import SentenceEncoder
         from hyperadapter.generator import Generator
         generator = Generator.from_pretrained(config.generator or settings.generator, base, SentenceEncoder())
@@ -66,6 +67,16 @@ def build_systems(config: EvalConfig, settings: Settings, base, runtime, generat
         elif name in ("generated", "generated-wrong"):
             systems.append(AdapterSystem(base, lambda kind, ctx: generator.generate_adapter(ctx, kind),
                                          wrong=name == "generated-wrong"))
+        elif name == "generated-unrelated":
+            from hyperadapter.data.schema import load_split
+            from hyperadapter.evaluation.harness import select
+            from hyperadapter.evaluation.systems import UnrelatedContextSystem
+
+            def others(kind: str) -> list:
+                records = load_split(data_dir or settings.prepared_data_dir, config.split, kind)
+                return select(records, config.max_contexts.get(kind, 0), config.limit)
+
+            systems.append(UnrelatedContextSystem(base, lambda kind, ctx: generator.generate_adapter(ctx, kind), others))
         elif name == "multitask-lora":
             from hyperadapter.adapter import Adapter
             path = Path(config.multitask_lora)

@@ -71,6 +71,34 @@ class AdapterSystem(System):
         return adapter
 
 
+class UnrelatedContextSystem(AdapterSystem):
+    """Locality: each context's queries under the adapter of a context of *another kind* (a user's
+    chat history for tasks, demonstrations and documents; a document for conversations). Beside the
+    base model it shows what an adapter breaks of what its context says nothing about."""
+
+    PARTNER_KIND = {"task": "conversation", "demonstrations": "conversation", "document": "conversation",
+                    "conversation": "document"}
+
+    def __init__(self, base: Base, make: Callable[[str, str], Adapter], others: Callable[[str], list[ContextRecord]]):
+        super().__init__(base, make, name="generated")
+        self.name = "generated (unrelated context)"
+        self.others = others  # kind -> held-out records of that kind
+
+    def prepare(self, records: list[ContextRecord]) -> None:
+        if not records:
+            return
+        pool = self.others(self.PARTNER_KIND[records[0].kind])
+        for i, r in enumerate(records):
+            self.partner[r.id] = pool[i % len(pool)]
+
+    def adapter(self, record: ContextRecord) -> Adapter:
+        source = self.partner[record.id]
+        start = time.perf_counter()
+        adapter = self.make(source.kind, source.context)
+        self.adapter_seconds.append(time.perf_counter() - start)
+        return adapter
+
+
 class FixedAdapterSystem(System):
     """One adapter for every context (the multi-task LoRA)."""
 
