@@ -101,7 +101,12 @@ def convert_default(models_dir: Path) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a crash leaves a temp folder, never a half-written model
+        try:
+            os.replace(tmp, target)  # atomic: a crash leaves a temp folder, never a half-written model
+        except OSError:
+            # another process (a trainer beside an evaluation) finished the same conversion first
+            if not (target / "config.json").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
