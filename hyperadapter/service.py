@@ -60,7 +60,8 @@ class Services:
             with lock:
                 return generator.generate_many(items)
 
-        cache = AdapterCache.from_settings(settings, store, encoder, generate)
+        cache = AdapterCache.from_settings(settings, store, encoder, generate,
+                                           maker=generator.name if generator is not None else None)
         return cls(settings, base, runtime, encoder, generator, store, cache, generate_many)
 
     def adapter_for(self, kind: str, context: str, *, owner: str, reuse: bool = True):

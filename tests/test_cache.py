@@ -277,3 +277,22 @@ def test_encoder_remembers_texts_it_has_embedded(encoder, monkeypatch):
     assert runs == [[text], ["something else entirely"]]  # each new text once, the variant remembered
     assert torch.equal(first[0], first[1]) and torch.equal(again[0], first[0])
     assert torch.allclose(first[0], fresh, atol=1e-6)
+
+
+def test_adapters_of_an_earlier_generator_are_not_reused(tmp_path, encoder):
+    """After an upgrade (another maker), neither the exact context nor a near one reuses the old
+    generator's adapters; the old generator still finds its own, and maker=None sees everything."""
+    with AdapterStore(tmp_path) as store:
+        old_gen, new_gen = Generator(), Generator()
+        old = AdapterCache(store, encoder, old_gen, THRESHOLDS, maker="gen@aaaa")
+        made = old.get_or_create("task", FR_A, owner="t", base_model=BASE)
+        new = AdapterCache(store, encoder, new_gen, THRESHOLDS, maker="gen@bbbb")
+        exact = new.get_or_create("task", FR_A, owner="t", base_model=BASE)
+        near = new.get_or_create("task", FR_B, owner="t", base_model=BASE)
+        assert exact.how == "generated" and exact.record.id != made.record.id
+        assert near.how == "near" and near.record.id == exact.record.id  # its own, not the old one
+        assert [c for _, c in new_gen.asked] == [FR_A]
+        assert old.get_or_create("task", FR_A, owner="t", base_model=BASE).record.id == made.record.id
+        assert store.get(made.record.id).metadata["maker"] == "gen@aaaa"
+        anyone = AdapterCache(store, encoder, Generator(), THRESHOLDS)
+        assert anyone.get_or_create("task", FR_A, owner="t", base_model=BASE).cache_hit

@@ -10,6 +10,10 @@ For a request (kind, context, owner, base model), in this order:
 `reuse=False` skips 1-3 and always makes a new adapter (the newest one then wins exact lookups).
 
 Scopes are exact: a search or lookup only ever sees adapters of the same kind, base model and owner.
+Adapters are also tied to the generator that made them (`maker`, its name and weights digest, kept in
+the record's metadata): after the generator is upgraded, the old one's adapters are never served for
+a new request (they stay in the store, reachable by id, until evicted). `maker=None` (a process with
+no generator, a throwaway catalogue) reuses whatever the store holds.
 Concurrent requests for the same new context in one process are collapsed: the first generates, the
 others wait and then hit it exactly (a lock per (scope, context hash)), so it is generated once.
 """
@@ -50,21 +54,24 @@ class AdapterCache:
     """get_or_create(kind, context) -> a stored adapter, reused when possible (see the module docstring)."""
 
     def __init__(self, store: AdapterStore, encoder, generate: Generate, thresholds: dict[str, float],
-                 blend_k: int = 0, *, blend_min_similarity: float = 0.8, blend_rank: int | None = None):
+                 blend_k: int = 0, *, blend_min_similarity: float = 0.8, blend_rank: int | None = None,
+                 maker: str | None = None):
         if blend_k < 0:
             raise ValueError(f"blend_k must be >= 0, got {blend_k}")
         self.store, self.encoder, self.generate = store, encoder, generate
         self.thresholds = dict(thresholds)
         self.blend_k, self.blend_min_similarity, self.blend_rank = blend_k, blend_min_similarity, blend_rank
+        self.maker = maker
         self._locks = _KeyedLocks()
 
     @classmethod
-    def from_settings(cls, settings, store: AdapterStore, encoder, generate: Generate) -> "AdapterCache":
+    def from_settings(cls, settings, store: AdapterStore, encoder, generate: Generate,
+                      maker: str | None = None) -> "AdapterCache":
         """Thresholds from every `cache_threshold_<kind>` setting, blend_k from `cache_blend_k`."""
         kinds = [name.removeprefix("cache_threshold_") for name in vars(settings)
                  if name.startswith("cache_threshold_")]
         return cls(store, encoder, generate, {kind: settings.cache_threshold(kind) for kind in kinds},
-                   blend_k=settings.cache_blend_k)
+                   blend_k=settings.cache_blend_k, maker=maker)
 
     def context_hash(self, kind: str, context: str) -> str:
         return hashlib.sha256(f"{kind}\n{normalise(context)}".encode()).hexdigest()
@@ -160,7 +167,7 @@ class AdapterCache:
 
     def _exact(self, kind: str, base_model: str, owner: str, chash: str) -> CacheResult | None:
         record = self.store.find_exact(kind=kind, base_model=base_model, owner=owner, context_hash=chash)
-        if record is None:
+        if record is None or not self._ours(record):
             return None
         self.store.touch(record.id)
         return CacheResult(record, True, 1.0, record.id, "exact")
@@ -168,7 +175,13 @@ class AdapterCache:
     def _neighbours(self, key: np.ndarray, kind: str, base_model: str, owner: str) -> list[tuple[AdapterRecord, float]]:
         if self.thresholds[kind] > 1.0 and self.blend_k == 0:
             return []  # exact reuse only (e.g. personal conversation adapters): no search needed
-        return self.store.search(key, kind=kind, base_model=base_model, owner=owner, k=max(1, self.blend_k))
+        k = max(1, self.blend_k)
+        # a few extra, in case the nearest were made by an earlier generator
+        found = self.store.search(key, kind=kind, base_model=base_model, owner=owner, k=k + 4)
+        return [(record, sim) for record, sim in found if self._ours(record)][:k]
+
+    def _ours(self, record: AdapterRecord) -> bool:
+        return self.maker is None or record.metadata.get("maker") == self.maker
 
     def _near(self, kind: str, neighbours: list[tuple[AdapterRecord, float]]) -> CacheResult | None:
         if not neighbours or neighbours[0][1] < self.thresholds[kind]:
@@ -197,7 +210,7 @@ class AdapterCache:
                                   metadata={"blend_of": ",".join(r.id for r, _, _ in parts)})
         for record, _, _ in parts:
             self.store.touch(record.id)
-        meta = {**(metadata or {}), "blend_of": [[r.id, sim] for r, _, sim in parts]}
+        meta = {**(metadata or {}), **({"maker": self.maker} if self.maker else {}), "blend_of": [[r.id, sim] for r, _, sim in parts]}
         stored = self.store.put(blended, kind=kind, owner=owner, context_hash=chash, key=key, metadata=meta)
         return CacheResult(stored, False, parts[0][2], parts[0][0].id, "blend")
 
@@ -206,7 +219,8 @@ class AdapterCache:
         if adapter.base_model != base_model:
             raise ValueError(f"the generator made an adapter for base model {adapter.base_model!r}, "
                              f"but {base_model!r} was asked for")
-        record = self.store.put(adapter, kind=kind, owner=owner, context_hash=chash, key=key, metadata=metadata)
+        record = self.store.put(adapter, kind=kind, owner=owner, context_hash=chash, key=key,
+                                metadata={**(metadata or {}), **({"maker": self.maker} if self.maker else {})})
         return CacheResult(record, False, None, None, "generated")
 
 
