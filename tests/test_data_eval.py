@@ -246,3 +246,26 @@ def test_unrelated_context_system_takes_adapters_from_another_kind(tmp_path):
         for r in records:
             system.adapter(r)
             assert made[-1][0] == partner and made[-1][1] in contexts
+
+
+def test_an_evaluation_cut_short_keeps_what_it_finished(base, runtime, tmp_path, monkeypatch):
+    """Results are written after every (system, kind): an interrupt on documents leaves task and
+    demonstrations scored in results.json."""
+    from hyperadapter.config import load_settings
+    from hyperadapter.evaluation.harness import EvalConfig, Harness
+    from hyperadapter.evaluation.run import run_eval
+    write_tiny_data(tmp_path / "data")
+    config = EvalConfig(out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"),
+                        max_contexts={k: 1 for k in KINDS}, limit=1, max_new_tokens=4, systems=["base"])
+    real = Harness.score_context
+
+    def interrupted_on_documents(self, system, record):
+        if record.kind == "document":
+            raise KeyboardInterrupt
+        return real(self, system, record)
+
+    monkeypatch.setattr(Harness, "score_context", interrupted_on_documents)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(config, load_settings(), base=base, runtime=runtime)
+    kept = json.loads((tmp_path / "out" / "results.json").read_text())["systems"]["base"]
+    assert set(kept) == {"task", "demonstrations"} and kept["task"]["contexts"] == 1

@@ -14,6 +14,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -122,7 +123,9 @@ class Harness:
                 "queries": len(record.queries), "prompt_tokens": sum(prompt_tokens) / n,
                 "latency_ms": 1000 * seconds / n, "samples": extra.get("replies", [])}
 
-    def run(self, systems: list[System]) -> dict:
+    def run(self, systems: list[System], on_score: Callable[[dict], object] | None = None) -> dict:
+        """Score every system on every kind; `on_score(results so far)` after each (system, kind), so
+        that a long evaluation cut short keeps what it finished."""
         c = self.config
         results: dict = {"config": dataclasses.asdict(c), "systems": {}}
         for kind in c.kinds:
@@ -134,6 +137,8 @@ class Harness:
                 system.prepare(records)
                 rows = [self.score_context(system, r) for r in tqdm(records, desc=f"{kind}: {system.name}")]
                 results["systems"].setdefault(system.name, {})[kind] = summarise(rows, system.adapter_seconds)
+                if on_score is not None:
+                    on_score(results)
         return results
 
 

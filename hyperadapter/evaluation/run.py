@@ -105,5 +105,6 @@ def run_eval(config: EvalConfig, settings: Settings, base=None, runtime=None, ge
     runtime = runtime or LoraRuntime(base)
     data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
     systems = build_systems(config, settings, base, runtime, generator, data_dir)
-    results = Harness(base, runtime, config, data_dir).run(systems)
-    return report.write(results, Path(config.out_dir))
+    out = Path(config.out_dir)
+    results = Harness(base, runtime, config, data_dir).run(systems, on_score=lambda partial: report.write(partial, out))
+    return report.write(results, out)
