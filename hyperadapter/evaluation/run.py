@@ -106,5 +106,10 @@ def run_eval(config: EvalConfig, settings: Settings, base=None, runtime=None, ge
     data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
     systems = build_systems(config, settings, base, runtime, generator, data_dir)
     out = Path(config.out_dir)
-    results = Harness(base, runtime, config, data_dir).run(systems, on_score=lambda partial: report.write(partial, out))
-    return report.write(results, out)
+    written: dict = {}
+
+    def save(partial: dict) -> None:  # after every (system, kind): a run cut short keeps what it finished
+        written.update(report.write(partial, out))
+
+    results = Harness(base, runtime, config, data_dir).run(systems, on_score=save)
+    return written or report.write(results, out)

@@ -176,12 +176,18 @@ class AdapterCache:
         if self.thresholds[kind] > 1.0 and self.blend_k == 0:
             return []  # exact reuse only (e.g. personal conversation adapters): no search needed
         k = max(1, self.blend_k)
+        if self.maker is None:
+            return self.store.search(key, kind=kind, base_model=base_model, owner=owner, k=k)
         # a few extra, in case the nearest were made by an earlier generator
         found = self.store.search(key, kind=kind, base_model=base_model, owner=owner, k=k + 4)
         return [(record, sim) for record, sim in found if self._ours(record)][:k]
 
     def _ours(self, record: AdapterRecord) -> bool:
         return self.maker is None or record.metadata.get("maker") == self.maker
+
+    def _tagged(self, metadata: dict | None) -> dict:
+        """The caller's metadata with this cache's maker, under which the adapter is stored."""
+        return {**(metadata or {}), **({"maker": self.maker} if self.maker else {})}
 
     def _near(self, kind: str, neighbours: list[tuple[AdapterRecord, float]]) -> CacheResult | None:
         if not neighbours or neighbours[0][1] < self.thresholds[kind]:
@@ -210,7 +216,7 @@ class AdapterCache:
                                   metadata={"blend_of": ",".join(r.id for r, _, _ in parts)})
         for record, _, _ in parts:
             self.store.touch(record.id)
-        meta = {**(metadata or {}), **({"maker": self.maker} if self.maker else {}), "blend_of": [[r.id, sim] for r, _, sim in parts]}
+        meta = {**self._tagged(metadata), "blend_of": [[r.id, sim] for r, _, sim in parts]}
         stored = self.store.put(blended, kind=kind, owner=owner, context_hash=chash, key=key, metadata=meta)
         return CacheResult(stored, False, parts[0][2], parts[0][0].id, "blend")
 
@@ -220,7 +226,7 @@ class AdapterCache:
             raise ValueError(f"the generator made an adapter for base model {adapter.base_model!r}, "
                              f"but {base_model!r} was asked for")
         record = self.store.put(adapter, kind=kind, owner=owner, context_hash=chash, key=key,
-                                metadata={**(metadata or {}), **({"maker": self.maker} if self.maker else {})})
+                                metadata=self._tagged(metadata))
         return CacheResult(record, False, None, None, "generated")
 
 
