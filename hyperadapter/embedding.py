@@ -29,6 +29,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from hyperadapter.packed import bf16_linears
+
 DIM = 384
 
 
@@ -64,11 +66,7 @@ class SentenceEncoder:
         self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
         self.bf16 = bf16
         if bf16:
-            for module in self.model.modules():
-                if isinstance(module, torch.nn.Linear):
-                    module.weight.data = module.weight.data.to(torch.bfloat16)
-                    if module.bias is not None:
-                        module.bias.data = module.bias.data.to(torch.bfloat16)
+            bf16_linears(self.model)
         self.window = window
         self.batch_tokens = batch_tokens
         self._lock = threading.Lock()

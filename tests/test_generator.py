@@ -57,6 +57,46 @@ def test_save_load_round_trip(base, sentence_encoder, tmp_path):
         Generator.from_pretrained(tmp_path, base, sentence_encoder)
 
 
+def test_inference_shortcuts_give_the_same_adapter_and_follow_weight_changes(base, sentence_encoder, monkeypatch):
+    """Prepacked bf16 linears and the remembered query projections are pure speed: the adapter is
+    bit for bit the one the plain path makes, and a weight changed in place (as an optimizer step
+    does) is seen at once, never a stale cached projection."""
+    import hyperadapter.generator.hypernet as hypernet_module
+    from hyperadapter.packed import can_pack
+
+    g = _perturb(Generator.fresh(base, sentence_encoder, seed=5))
+    text = "Sort the given words alphabetically."
+    fast = g.generate_adapter(text, "task")
+    with torch.no_grad():
+        g.hypernet.query_free.add_(0.05)  # in place: the queries and their projections change
+        g.hypernet.heads["q_proj"].weight.mul_(1.5)  # and one packed head
+    changed = g.generate_adapter(text, "task")
+    monkeypatch.setattr(hypernet_module, "can_pack", lambda: False)
+    g.hypernet.__dict__.pop("_frozen_cache", None)
+    plain_changed = g.generate_adapter(text, "task")
+    for m in fast.weights:
+        assert torch.equal(changed.weights[m][0], plain_changed.weights[m][0])
+        assert torch.equal(changed.weights[m][1], plain_changed.weights[m][1])
+    assert not torch.equal(fast.weights["model.layers.0.self_attn.q_proj"][0],
+                           changed.weights["model.layers.0.self_attn.q_proj"][0])
+    if can_pack():
+        from hyperadapter.packed import PackedLinear
+        assert isinstance(g.features.view.layers[0].mlp.up_proj, PackedLinear)
+
+
+def test_packed_feature_pass_equals_autocast_linears(base, monkeypatch):
+    import hyperadapter.packed as packed
+    from hyperadapter.generator.encoder import TokenFeatures
+
+    chunks = [base.tokenizer("The river town kept three lighthouses.", add_special_tokens=False)["input_ids"],
+              base.tokenizer("Rex is my dog.", add_special_tokens=False)["input_ids"]]
+    fast, mask, _ = TokenFeatures(base, 4)(chunks)
+    monkeypatch.setattr(packed, "_PACKABLE", False)
+    plain, _, _ = TokenFeatures(base, 4)(chunks)
+    keep = mask.bool()
+    assert torch.equal(fast[keep], plain[keep])
+
+
 def test_context_changes_the_adapter(base, sentence_encoder):
     g = Generator.fresh(base, sentence_encoder, seed=1)
     _perturb(g)

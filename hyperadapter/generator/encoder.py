@@ -22,20 +22,18 @@ import torch
 from torch import Tensor, nn
 
 from hyperadapter.base import Base
+from hyperadapter.packed import bf16_linears
 
 
 def _bf16_linears(layers: nn.ModuleList) -> nn.ModuleList:
-    """A copy of `layers` whose linear weights are stored in bfloat16 (what autocast would cast them
-    to), everything else as it was; no hooks (the runtime's adapters never apply to features)."""
+    """A copy of `layers` with bfloat16 linears (what autocast would cast them to, prepacked where
+    oneDNN can: hyperadapter.packed), everything else as it was; no hooks (the runtime's adapters
+    never apply to features)."""
     layers = copy.deepcopy(layers)
     for module in layers.modules():
         module._forward_hooks.clear()
         module._forward_pre_hooks.clear()
-        if isinstance(module, nn.Linear):
-            module.weight.data = module.weight.data.to(torch.bfloat16)
-            if module.bias is not None:
-                module.bias.data = module.bias.data.to(torch.bfloat16)
-    return layers.requires_grad_(False)
+    return bf16_linears(layers).requires_grad_(False)
 
 
 class TokenFeatures:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hyperadapter.generator.config import KIND_IDS, GeneratorConfig
+from hyperadapter.packed import PackedLinear, can_pack
 
 
 FIELDS = ("max", "norm", "sum", "copy_max", "copy_norm", "copy_sum")
@@ -82,8 +83,9 @@ class MLPBlock(nn.Module):
         self.fc1 = nn.Linear(dim, 2 * dim)
         self.fc2 = nn.Linear(2 * dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.fc2(F.silu(self.fc1(self.norm(x))))
+    def forward(self, x: Tensor, linear=None) -> Tensor:
+        linear = linear or (lambda layer, h: layer(h))
+        return x + linear(self.fc2, F.silu(linear(self.fc1, self.norm(x))))
 
 
 class HyperNetwork(nn.Module):
@@ -136,20 +138,55 @@ class HyperNetwork(nn.Module):
         self.config.copy_scale = scale
 
     # ------------------------------------------------------------ attention over the context
+    def _frozen(self, name: str, compute):
+        """`compute()`, remembered while no gradient is recorded: the queries and what is derived
+        from them alone are the same for every context, and recomputing them was ~3 ms of a ~30 ms
+        one-sentence adapter. Keyed on the parameters' storage and in-place versions (an optimizer
+        step or load_state_dict bumps them) and on autocast, so a changed weight is never served stale."""
+        if torch.is_grad_enabled():
+            return compute()
+        key = (torch.is_autocast_enabled("cpu"), *((p.data_ptr(), p._version) for p in self.parameters()))
+        cache = self.__dict__.setdefault("_frozen_cache", {})
+        if name not in cache or cache[name][0] != key:
+            cache[name] = (key, compute())
+        return cache[name][1]
+
+    def _linear(self, layer: nn.Linear, x: Tensor) -> Tensor:
+        """`layer(x)`; at inference under bf16 autocast, through a bf16 copy of the layer laid out
+        once for oneDNN (hyperadapter.packed): autocast would cast the weight on every call, a third
+        of the heads' time for one adapter. The same numbers; rebuilt when the weight changes."""
+        if (torch.is_grad_enabled() or not torch.is_autocast_enabled("cpu")
+                or torch.get_autocast_dtype("cpu") != torch.bfloat16 or not can_pack()):
+            return layer(x)
+        key = tuple((p.data_ptr(), p._version) for p in layer.parameters())
+        packed = self.__dict__.setdefault("_packed", {})
+        if id(layer) not in packed or packed[id(layer)][0] != key:
+            packed[id(layer)] = (key, PackedLinear(layer))
+        return packed[id(layer)][1](x)
+
     def queries(self) -> Tensor:
-        q = self.layer_emb + self.module_emb + self.slot_emb + self.query_free  # [L, M, r, d]
-        q = q.reshape(self.n_queries, -1)
-        return q
+        def compute() -> Tensor:
+            q = self.layer_emb + self.module_emb + self.slot_emb + self.query_free  # [L, M, r, d]
+            return q.reshape(self.n_queries, -1)
+        return self._frozen("queries", compute)
+
+    def _projected_queries(self) -> tuple[Tensor, Tensor]:
+        """The queries' attention heads [N, h, dh] and copy-head queries [N, copy_dim]."""
+        def compute() -> tuple[Tensor, Tensor]:
+            queries = self.queries()
+            return self._heads(self.to_q(queries)), self.copy_q(queries)
+        return self._frozen("projected", compute)
 
     def _heads(self, x: Tensor) -> Tensor:
         return x.reshape(*x.shape[:-1], self.h, self.dh)
 
     def init_state(self, batch: int) -> AttentionState:
         """The state of a context that has seen no tokens yet: only the null key/value."""
-        queries = self.queries()
-        q = self._heads(self.to_q(queries))  # [N, h, dh]
-        score = (q * self._heads(self.null_k)).sum(-1) / math.sqrt(self.dh)  # [N, h]
-        copy_score = self.copy_q(queries) @ self.copy_null_k / math.sqrt(self.config.copy_dim)  # [N]
+        def compute() -> tuple[Tensor, Tensor]:
+            q, copy_q = self._projected_queries()
+            score = (q * self._heads(self.null_k)).sum(-1) / math.sqrt(self.dh)  # [N, h]
+            return score, copy_q @ self.copy_null_k / math.sqrt(self.config.copy_dim)  # [N]
+        score, copy_score = self._frozen("null_scores", compute)
         n, hidden = self.n_queries, self.config.hidden_size
         return AttentionState(max=score.expand(batch, n, self.h).clone(),
                               norm=torch.ones(batch, n, self.h, dtype=score.dtype),
@@ -168,14 +205,13 @@ class HyperNetwork(nn.Module):
         if features.shape[1] == 0:
             return state
         x = self.feature_norm(features.to(self.null_k.dtype))
-        queries = self.queries()
         k, v = self._heads(self.to_k(x)), self._heads(self.to_v(x))  # [B, T, h, dh]
-        q = self._heads(self.to_q(queries))  # [N, h, dh]
+        q, copy_q = self._projected_queries()  # [N, h, dh], [N, copy_dim]
         pad = ~mask.bool()
         scores = torch.einsum("nhd,bthd->bnht", q, k) / math.sqrt(self.dh)
         scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
         main = _online(state.max, state.norm, state.sum, scores, v, "bnht,bthd->bnhd")
-        copy_scores = torch.einsum("nc,btc->bnt", self.copy_q(queries), self.copy_k(x)) / math.sqrt(self.config.copy_dim)
+        copy_scores = torch.einsum("nc,btc->bnt", copy_q, self.copy_k(x)) / math.sqrt(self.config.copy_dim)
         copy_scores = copy_scores.masked_fill(pad[:, None, :], float("-inf"))
         copy_values = embeddings.to(x.dtype)
         if self.copy_feature is not None:
@@ -191,20 +227,20 @@ class HyperNetwork(nn.Module):
         attended = (state.sum / state.norm[..., None]).reshape(batch, self.n_queries, -1)
         hidden = c.hidden_size
         copied_all = state.copy_sum / state.copy_norm[..., None]  # [B, N, hidden * copy_width]
-        z = self.queries()[None] + self.attn_out(attended)
+        z = self.queries()[None] + self._linear(self.attn_out, attended)
         if self.copy_feature is not None:
-            z = z + self.copy_feature(copied_all[..., hidden:])
+            z = z + self._linear(self.copy_feature, copied_all[..., hidden:])
         z = z + self.kind_emb(kind_ids)[:, None, :]
         if self.sentence is not None and sentence is not None:
-            z = z + self.sentence(sentence.to(z.dtype))[:, None, :]
+            z = z + self._linear(self.sentence, sentence.to(z.dtype))[:, None, :]
         for block in self.blocks:
-            z = block(z)
+            z = block(z, self._linear)
         z = self.out_norm(z).reshape(batch, c.num_layers, self.n_modules, c.rank, -1)
         out = {}
         copied = copied_all[..., :hidden].reshape(batch, c.num_layers, self.n_modules, c.rank, -1)  # [B, L, M, r, hidden]
         for i, m in enumerate(c.module_names):
             fan_in, fan_out = c.shape(m)
-            rows = self.heads[m](z[:, :, i])  # [B, L, r, in + out]
+            rows = self._linear(self.heads[m], z[:, :, i])  # [B, L, r, in + out]
             a = rows[..., :fan_in] * self.scale_a[m]
             b = rows[..., fan_in:] * self.scale_b[m]  # [B, L, r, out]
             if m in self.copy_gain:

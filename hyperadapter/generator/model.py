@@ -229,7 +229,7 @@ class Generator:
         # float32; the streaming statistics before this stay float32.
         with torch.autocast("cpu", dtype=torch.bfloat16):
             factors = self.hypernet.factors(states, sentence, ids)
-        factors = {m: (a.float(), b.float()) for m, (a, b) in factors.items()}
+        factors = {m: (a.to(ADAPTER_DTYPE), b.to(ADAPTER_DTYPE)) for m, (a, b) in factors.items()}
         return [self._to_adapter(factors, i, {"kind": kind, "generator": self.name, **md})
                 for i, (kind, md) in enumerate(zip(kinds, metadatas))]
 
@@ -280,11 +280,13 @@ class Generator:
 
     # ------------------------------------------------------------ helpers
     def _to_adapter(self, factors: dict[str, tuple[Tensor, Tensor]], row: int, metadata: dict) -> Adapter:
+        """One row of the factors (already ADAPTER_DTYPE) as an Adapter of its own tensors: each a
+        contiguous copy, so no two adapters (or layers) share storage (safetensors refuses that)."""
         weights = {}
+        own = {"memory_format": torch.contiguous_format}
         for m, (a, b) in factors.items():
             for layer in range(self.config.num_layers):
-                weights[self.config.module_path(m, layer)] = (a[row, layer].to(ADAPTER_DTYPE, copy=True),
-                                                             b[row, layer].to(ADAPTER_DTYPE, copy=True))
+                weights[self.config.module_path(m, layer)] = (a[row, layer].clone(**own), b[row, layer].clone(**own))
         return Adapter(weights, alpha=self.config.alpha, base_model=self.config.base_model,
                        metadata={k: str(v) for k, v in metadata.items()})
 

@@ -1,0 +1,60 @@
+"""Frozen linears in bfloat16, laid out once for oneDNN's CPU kernels.
+
+A plain bf16 `F.linear` makes oneDNN re-lay the weight out for its AMX/AVX512 kernels on every
+call; with a few rows of input (a one-sentence context) that is a large share of the work. Here
+the layout is done once, with the prepacked-linear ops that torch.compile's CPU backend emits
+(`mkldnn._reorder_linear_weight` / `mkldnn._linear_pointwise`): the same numbers bit for bit, and
+the base's 8-layer feature pass over 19 tokens ~15% faster here. Inference only (no gradients
+through a packed weight). Builds without oneDNN keep plain bf16 linears.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class PackedLinear(nn.Module):
+    def __init__(self, linear: nn.Linear, rows_hint: int = 64):
+        super().__init__()
+        weight = linear.weight.detach().to(torch.bfloat16)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows_hint)
+        self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.packed, self.bias, "none", [], "")
+
+
+_PACKABLE: bool | None = None
+
+
+def can_pack() -> bool:
+    """Whether this torch build has oneDNN's prepacked linear (checked once, on a tiny layer)."""
+    global _PACKABLE
+    if _PACKABLE is None:
+        try:
+            probe = nn.Linear(8, 4)
+            _PACKABLE = bool(torch.equal(PackedLinear(probe)(torch.ones(2, 8)),
+                                         nn.functional.linear(torch.ones(2, 8).bfloat16(), probe.weight.bfloat16(),
+                                                              probe.bias.bfloat16())))
+        except (RuntimeError, AttributeError):
+            _PACKABLE = False
+    return _PACKABLE
+
+
+def bf16_linears(module: nn.Module, pack: bool = True) -> nn.Module:
+    """Every nn.Linear inside `module` made bfloat16, in place: a PackedLinear where the build can,
+    else the same Linear with bf16 weights (for use under bf16 autocast)."""
+    pack = pack and can_pack()
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.Linear):
+                continue
+            if pack:
+                setattr(parent, name, PackedLinear(child))
+            else:
+                child.weight.data = child.weight.data.to(torch.bfloat16)
+                if child.bias is not None:
+                    child.bias.data = child.bias.data.to(torch.bfloat16)
+    return module
