@@ -87,7 +87,9 @@ class TokenFeatures:
         return out, mask, self.embed(ids)
 
     def _forward(self, ids: Tensor, mask: Tensor) -> Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        # inference_mode: ~10% less per-op overhead than no_grad on a short text. Its output is an
+        # inference tensor, only ever copied into a normal one by the caller (never saved for backward).
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             return self._forward_base(ids, mask).float()
 
     def _forward_base(self, ids: Tensor, mask: Tensor) -> Tensor:
