@@ -78,6 +78,25 @@ def continuation_pairs(text: str, n: int = 64) -> list[tuple[str, str]]:
     return pairs[:n]
 
 
+@torch.no_grad()
+def short_stages(generator, describe, runs: int) -> dict[str, list[float]]:
+    """Where a one-sentence adapter's time goes, stage by stage (each timed alone, new texts)."""
+    offset = 10_000
+    text = lambda i: describe(offset + i)  # noqa: E731
+    tokens = lambda i: generator.segment_tokens(text(i))  # noqa: E731
+    features = generator._token_features([[tokens(0)]])
+    state = generator._absorb_rows(generator.hypernet.init_state(1), features)
+    sentence = generator.sentence_encoder.encode([text(0)])
+    return {
+        "sentence encoder (the cache key)": timed(lambda i: generator.sentence_encoder.encode([text(i)]), runs),
+        "base feature pass (8 layers)": timed(lambda i: generator._token_features([[tokens(i)]]), runs),
+        "hypernetwork attention over the tokens": timed(
+            lambda i: generator._absorb_rows(generator.hypernet.init_state(1), features), runs),
+        "hypernetwork heads -> adapter tensors": timed(
+            lambda i: generator._group_adapters(state, sentence, ["task"], [{}]), runs),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
@@ -103,6 +122,7 @@ def main() -> None:
     short = timed(lambda i: generator.generate_adapter(describe(i), "task"), args.runs)
     short_keyed = timed(lambda i: generator.generate_adapter(describe(-i), "task"), args.runs,
                         before=lambda i: encode([describe(-i)]))
+    stages = short_stages(generator, describe, args.runs)
     runs = max(3, args.runs // 4)
     doc = timed(lambda i: generator.generate_adapter(chapter(i), "document"), runs)
     doc_keyed = timed(lambda i: generator.generate_adapter(chapter(-i), "document"), runs,
@@ -125,6 +145,8 @@ def main() -> None:
     print(f"{'context':48} {'p50 ms':>8} {'p90 ms':>8}   goal")
     print(f"{'one-sentence description':48} {ms(short)}   <= 20 ms")
     print(f"{'  the same, key already encoded by the cache':48} {ms(short_keyed)}")
+    for name, xs in stages.items():
+        print(f"{'    ' + name:48} {ms(xs)}")
     print(f"{f'document ({doc_tokens} tokens)':48} {ms(doc)}   <= 1000 ms")
     print(f"{'  the same, key already encoded by the cache':48} {ms(doc_keyed)}")
     print(f"\nfine-tuning a LoRA of the same shape ({args.lora_steps} steps, batch 8):")
