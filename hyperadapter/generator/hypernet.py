@@ -138,14 +138,16 @@ class HyperNetwork(nn.Module):
         self.config.copy_scale = scale
 
     # ------------------------------------------------------------ attention over the context
-    def _frozen(self, name: str, compute):
-        """`compute()`, remembered while no gradient is recorded: the queries and what is derived
-        from them alone are the same for every context, and recomputing them was ~3 ms of a ~30 ms
-        one-sentence adapter. Keyed on the parameters' storage and in-place versions (an optimizer
-        step or load_state_dict bumps them) and on autocast, so a changed weight is never served stale."""
+    def _frozen(self, name: str, compute, params=None):
+        """`compute()`, remembered while no gradient is recorded: what depends on the weights alone
+        (the queries and their projections, a packed copy of a layer) is the same for every context,
+        and recomputing it was ~3 ms of a ~30 ms one-sentence adapter. Keyed on the storage and
+        in-place versions of `params` (default: all; an optimizer step or load_state_dict bumps
+        them) and on autocast, so a changed weight is never served stale."""
         if torch.is_grad_enabled():
             return compute()
-        key = (torch.is_autocast_enabled("cpu"), *((p.data_ptr(), p._version) for p in self.parameters()))
+        params = self.parameters() if params is None else params
+        key = (torch.is_autocast_enabled("cpu"), *((p.data_ptr(), p._version) for p in params))
         cache = self.__dict__.setdefault("_frozen_cache", {})
         if name not in cache or cache[name][0] != key:
             cache[name] = (key, compute())
@@ -154,15 +156,11 @@ class HyperNetwork(nn.Module):
     def _linear(self, layer: nn.Linear, x: Tensor) -> Tensor:
         """`layer(x)`; at inference under bf16 autocast, through a bf16 copy of the layer laid out
         once for oneDNN (hyperadapter.packed): autocast would cast the weight on every call, a third
-        of the heads' time for one adapter. The same numbers; rebuilt when the weight changes."""
+        of the heads' time for one adapter. The same numbers."""
         if (torch.is_grad_enabled() or not torch.is_autocast_enabled("cpu")
                 or torch.get_autocast_dtype("cpu") != torch.bfloat16 or not can_pack()):
             return layer(x)
-        key = tuple((p.data_ptr(), p._version) for p in layer.parameters())
-        packed = self.__dict__.setdefault("_packed", {})
-        if id(layer) not in packed or packed[id(layer)][0] != key:
-            packed[id(layer)] = (key, PackedLinear(layer))
-        return packed[id(layer)][1](x)
+        return self._frozen(f"packed:{id(layer)}", lambda: PackedLinear(layer), layer.parameters())(x)
 
     def queries(self) -> Tensor:
         def compute() -> Tensor:
