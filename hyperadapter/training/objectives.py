@@ -86,21 +86,26 @@ def answer_logits(base: Base, runtime: LoraRuntime, batch: Batch, factors=None,
     return logits.float(), target[select], rows
 
 
-def _per_row_mean(values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+def _row_means(values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
     sums = torch.zeros(n_rows, dtype=values.dtype).index_add(0, rows, values)
     counts = torch.zeros(n_rows, dtype=values.dtype).index_add(0, rows, torch.ones_like(values))
-    return (sums / counts.clamp(min=1)).mean()
+    return sums / counts.clamp(min=1)
+
+
+def answer_losses(base: Base, runtime: LoraRuntime, batch: Batch, factors=None, bf16: bool = False) -> Tensor:
+    """Per row: the mean cross-entropy of its answer tokens."""
+    logits, labels, rows = answer_logits(base, runtime, batch, factors, bf16)
+    return _row_means(F.cross_entropy(logits, labels, reduction="none"), rows, batch.labels.shape[0])
 
 
 def answer_loss(base: Base, runtime: LoraRuntime, batch: Batch, factors=None, bf16: bool = False) -> Tensor:
-    logits, labels, rows = answer_logits(base, runtime, batch, factors, bf16)
-    return _per_row_mean(F.cross_entropy(logits, labels, reduction="none"), rows, batch.labels.shape[0])
+    return answer_losses(base, runtime, batch, factors, bf16).mean()
 
 
-def choice_loss(base: Base, runtime: LoraRuntime, prompts: list[str], choices: Sequence[Sequence[str]],
-                labels: Sequence[int], prompt_factors=None, choice_factors=None, max_target_tokens: int = 48,
-                bf16: bool = False) -> Tensor:
-    """The mean over queries of the cross-entropy of the right choice under a softmax of the
+def choice_losses(base: Base, runtime: LoraRuntime, prompts: list[str], choices: Sequence[Sequence[str]],
+                  labels: Sequence[int], prompt_factors=None, choice_factors=None, max_target_tokens: int = 48,
+                  bf16: bool = False) -> Tensor:
+    """Per query: the cross-entropy of the right choice under a softmax of the
     choices' summed log-likelihoods (scoring.choice_logprobs: the harness's score). `choice_factors`
     has one row per choice, in order."""
     tok = base.tokenizer
@@ -110,26 +115,37 @@ def choice_loss(base: Base, runtime: LoraRuntime, prompts: list[str], choices: S
     with precision(bf16):
         totals = choice_logprobs(base, runtime, prompt_ids, choice_ids, prompt_factors, choice_factors)
     scores = torch.split(totals, [len(cs) for cs in choices])
-    return torch.stack([F.cross_entropy(s[None], torch.tensor([y])) for s, y in zip(scores, labels)]).mean()
+    return torch.stack([F.cross_entropy(s[None], torch.tensor([y])) for s, y in zip(scores, labels)])
 
 
-def mixed_loss(base: Base, runtime: LoraRuntime, prompts: list[str], items: Sequence, factors_of: Callable,
-               max_target_tokens: int = 48, bf16: bool = False) -> Tensor:
-    """The mean over `items` (each with `.target`, `.choices`, `.label`) of the loss each is trained
-    with: `choice_loss` where it has choices, `answer_loss` otherwise. `factors_of(rows)` gives the
+def choice_loss(*args, **kwargs) -> Tensor:
+    """The mean of `choice_losses` over the queries."""
+    return choice_losses(*args, **kwargs).mean()
+
+
+def item_losses(base: Base, runtime: LoraRuntime, prompts: list[str], items: Sequence, factors_of: Callable,
+                max_target_tokens: int = 48, bf16: bool = False) -> Tensor:
+    """The loss of each of `items` (each with `.target`, `.choices`, `.label`), in order:
+    `choice_losses` where it has choices, `answer_losses` otherwise. `factors_of(rows)` gives the
     factors for those rows of the batch (None: the base alone)."""
     ranked = [i for i, it in enumerate(items) if it.choices]
     plain = [i for i, it in enumerate(items) if not it.choices]
-    total = torch.zeros(())
+    out = torch.zeros(len(items))
     if ranked:
         rows = [i for i in ranked for _ in items[i].choices]
-        loss = choice_loss(base, runtime, [prompts[i] for i in ranked], [items[i].choices for i in ranked],
-                           [items[i].label for i in ranked], factors_of(ranked), factors_of(rows), max_target_tokens, bf16)
-        total = total + loss * len(ranked) / len(items)
+        losses = choice_losses(base, runtime, [prompts[i] for i in ranked], [items[i].choices for i in ranked],
+                               [items[i].label for i in ranked], factors_of(ranked), factors_of(rows),
+                               max_target_tokens, bf16)
+        out = out.index_put((torch.tensor(ranked),), losses)
     if plain:
         batch = encode_pairs(base, [prompts[i] for i in plain], [items[i].target for i in plain], max_target_tokens)
-        total = total + answer_loss(base, runtime, batch, factors_of(plain), bf16) * len(plain) / len(items)
-    return total
+        out = out.index_put((torch.tensor(plain),), answer_losses(base, runtime, batch, factors_of(plain), bf16))
+    return out
+
+
+def mixed_loss(*args, **kwargs) -> Tensor:
+    """The mean of `item_losses`: each item weighs the same, whatever its objective."""
+    return item_losses(*args, **kwargs).mean()
 
 
 def distill_loss(base: Base, runtime: LoraRuntime, student: Batch, teacher: Batch, factors,
@@ -142,4 +158,4 @@ def distill_loss(base: Base, runtime: LoraRuntime, student: Batch, teacher: Batc
         raise RuntimeError("teacher and student answers differ; encode both with the same targets")
     kl = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True,
                   reduction="none").sum(-1)
-    return _per_row_mean(kl, rows, student.labels.shape[0])
+    return _row_means(kl, rows, student.labels.shape[0]).mean()
