@@ -189,6 +189,64 @@ def test_unrelated_queries_keep_the_context_and_take_another_tasks_query(tmp_pat
     assert ExampleSampler(records, {"task": 1.0}, unrelated_share=0.0).sample(5, 1)[0].objective != "unrelated"
 
 
+def test_unrelated_queries_go_only_with_the_recipes_kinds(tmp_path):
+    from hyperadapter.data.schema import load_split
+    from hyperadapter.training.examples import ExampleSampler
+    write_tiny_data(tmp_path / "data")
+    records = {k: load_split(tmp_path / "data", "train", k) for k in ("task", "conversation")}
+    sampler = ExampleSampler(records, {"task": 1.0, "conversation": 1.0}, unrelated_share=1.0,
+                             unrelated_kinds=("conversation",))
+    objectives = {(e.kind, e.objective) for e in sampler.sample(30, 1)}
+    assert objectives == {("task", "supervised"), ("conversation", "unrelated")}
+
+
+def test_wrong_contexts_keep_the_query_and_take_another_record_of_the_kind(tmp_path):
+    from hyperadapter.data.schema import load_split
+    from hyperadapter.training.examples import ExampleSampler
+    write_tiny_data(tmp_path / "data")
+    records = {k: load_split(tmp_path / "data", "train", k) for k in ("task", "demonstrations", "document")}
+    sampler = ExampleSampler(records, {k: 1.0 for k in records})
+    examples = sampler.sample(30, 1)
+    wrong = sampler.wrong_contexts(examples, ("task", "demonstrations"))
+    assert {examples[i].kind for i, _ in wrong} == {"task", "demonstrations"}
+    assert len(wrong) == sum(e.kind != "document" for e in examples)
+    for i, w in wrong:
+        e = examples[i]
+        assert (w.kind, w.input, w.target, w.objective) == (e.kind, e.input, e.target, e.objective)
+        assert w.context_key.split("#")[0] != e.context_key.split("#")[0] and w.context != e.context
+        assert (e.target.strip() in e.context) and (e.target.strip() not in w.context)  # one fruit per task
+
+
+def test_contrastive_term_is_the_margin_on_each_querys_right_and_wrong_adapters_and_training_widens_it(tmp_path):
+    """The term is mean(relu(margin - (loss under the wrong adapter - loss under the right one))),
+    each query scored as if alone; a few steps on it make right adapters beat wrong ones."""
+    from hyperadapter.training.loop import Trainer
+    from hyperadapter.training.recipe import Recipe
+    write_tiny_data(tmp_path / "data")
+    trainer = Trainer(Recipe(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), lr=3e-3,
+                             warmup_steps=1, contexts_per_batch=4, queries_per_context=1, eval_batches=1,
+                             kind_weights={"task": 1.0}, contrast_weight=1.0, contrast_margin=0.5, bf16=False))
+    examples = trainer.sampler.sample(4, 1)
+    wrong = trainer.sampler.wrong_contexts(examples, ("task",))
+    assert len(wrong) == 4
+
+    def gaps() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.tensor([float(trainer.losses([w], False)["answer"] - trainer.losses([examples[i]], False)["answer"])
+                                 for i, w in wrong])
+
+    with torch.no_grad():
+        together = trainer.losses(examples, False, wrong)
+    before = gaps()
+    assert float(together["contrast"]) == pytest.approx(float(torch.relu(0.5 - before).mean()), abs=1e-4)
+    assert float(together["total"]) == pytest.approx(float(together["answer"] + together["contrast"]), abs=1e-6)
+    for _ in range(4):
+        trainer.accelerator.backward(trainer.losses(examples, False, wrong)["contrast"])
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+    assert float(gaps().mean()) > float(before.mean()) + 0.1, (before, gaps())
+
+
 def test_distillation_loss_is_zero_when_student_sees_the_same_prompt(base, runtime):
     from hyperadapter.training.objectives import distill_loss, encode_pairs
     prompts = ["The capital of France is", "Two plus two is"]
@@ -239,7 +297,7 @@ def test_bf16_training_loss_is_close_to_float32_and_reaches_the_generator(base, 
         adapter_factors = g.runtime_factors(g.hypernet(*_features(g, ["Facts about France."] * 2)))
         loss = answer_loss(base, runtime, batch, adapter_factors, bf16=bf16)
         loss.backward()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert abs(losses[0] - losses[1]) < 0.05 * losses[0], losses
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in g.hypernet.scale_b.values())
 

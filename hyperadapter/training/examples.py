@@ -12,11 +12,13 @@ so their features can be cached like any other context's.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
+from typing import Sequence
 
 from hyperadapter.data.builders import DEMOS, format_demonstrations
-from hyperadapter.data.schema import ContextRecord, Query
+from hyperadapter.data.schema import KINDS, ContextRecord, Query
 
 DEMO_VARIANTS = 8
 MAX_CHOICES = 4  # the right choice and up to three wrong ones per multiple-choice training query
@@ -45,7 +47,7 @@ def sample_choices(q: Query, rng: random.Random, k: int = MAX_CHOICES) -> tuple[
 class ExampleSampler:
     def __init__(self, records: dict[str, list[ContextRecord]], kind_weights: dict[str, float],
                  seed: int = 0, selfsup_share: float = 0.25, lead_space: tuple[str, ...] = (),
-                 unrelated_share: float = 0.0):
+                 unrelated_share: float = 0.0, unrelated_kinds: tuple[str, ...] = KINDS):
         self.records = {k: v for k, v in records.items() if v and kind_weights.get(k, 0) > 0}
         if not self.records:
             raise ValueError("no training records for any kind with a positive weight")
@@ -55,6 +57,7 @@ class ExampleSampler:
         self.selfsup_share = selfsup_share
         self.lead_space = set(lead_space)
         self.unrelated_share = unrelated_share
+        self.unrelated_kinds = set(unrelated_kinds)
         self.tasks = records.get("task") or []
         if unrelated_share > 0 and len(self.tasks) < 2:
             raise ValueError("unrelated_share needs task records (their queries are the unrelated ones)")
@@ -70,13 +73,33 @@ class ExampleSampler:
         """With probability unrelated_share, the same context with a query of another task, trained
         to its own answer: an adapter must not break what its context says nothing about (a user's
         adapter still answers "What is the capital of France?")."""
-        if self.unrelated_share <= 0 or self.rng.random() >= self.unrelated_share:
+        if (self.unrelated_share <= 0 or example.kind not in self.unrelated_kinds
+                or self.rng.random() >= self.unrelated_share):
             return example
         own = record.id.removeprefix("demos/")
         other = self.rng.choice([t for t in self.tasks if t.id != own] or self.tasks)
         q = self.rng.choice(other.queries + other.support)
         e = self._example("task", example.context_key, example.context, q)
         return Example(example.kind, e.context_key, e.context, e.input, e.target, "unrelated", e.choices, e.label)
+
+    def wrong_contexts(self, examples: list[Example], kinds: Sequence[str]) -> list[tuple[int, Example]]:
+        """For each example of `kinds` whose query belongs to its context (not an unrelated one):
+        (its index, the same query with the context of another record of that kind)."""
+        out = []
+        for i, e in enumerate(examples):
+            if e.kind not in kinds or e.objective == "unrelated":
+                continue
+            own = e.context_key.split("#")[0]
+            others = [r for r in self.records.get(e.kind, []) if r.id != own]
+            if not others:
+                continue
+            other = self.rng.choice(others)
+            if e.kind == "demonstrations":
+                key, context, _ = self._demonstration_set(other, self.rng.randrange(DEMO_VARIANTS))
+            else:
+                key, context = other.id, other.context
+            out.append((i, dataclasses.replace(e, context_key=key, context=context)))
+        return out
 
     def examples_for(self, record: ContextRecord, n: int) -> list[Example]:
         kind = record.kind
@@ -104,15 +127,18 @@ class ExampleSampler:
         choices, label = sample_choices(q, self.rng)
         return Example(kind, key, context, q.input, q.target, "choice", choices, label)
 
-    def _demonstrations(self, record: ContextRecord, n: int) -> list[Example]:
-        variant = self.rng.randrange(DEMO_VARIANTS)
+    @staticmethod
+    def _demonstration_set(record: ContextRecord, variant: int) -> tuple[str, str, list[Query]]:
+        """The `variant`-th fixed demonstration set of a task: (its key, its text, its examples)."""
         pool = record.queries + record.support
-        vr = random.Random(f"{record.id}:{variant}")
         short = [q for q in pool if len(q.input) <= 400] or pool
-        demos = vr.sample(short, min(DEMOS, len(short)))
+        demos = random.Random(f"{record.id}:{variant}").sample(short, min(DEMOS, len(short)))
+        return f"{record.id}#{variant}", format_demonstrations(demos), demos
+
+    def _demonstrations(self, record: ContextRecord, n: int) -> list[Example]:
+        key, context, demos = self._demonstration_set(record, self.rng.randrange(DEMO_VARIANTS))
+        pool = record.queries + record.support
         rest = [q for q in pool if q not in demos] or pool
-        context = format_demonstrations(demos)
-        key = f"{record.id}#{variant}"
         return [self._example("demonstrations", key, context, q) for q in (self.rng.choice(rest) for _ in range(n))]
 
     def _continuation(self, text: str, cue_words: int = 6, target_words: int = 12) -> tuple[str, str]:

@@ -17,6 +17,7 @@ import random
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from tqdm import tqdm
@@ -30,7 +31,7 @@ from hyperadapter.generator import Generator
 from hyperadapter.generator.config import KIND_IDS
 from hyperadapter.runtime import LoraRuntime
 from hyperadapter.training.examples import Example, ExampleSampler
-from hyperadapter.training.objectives import distill_loss, encode_pairs, mixed_loss, truncate_input
+from hyperadapter.training.objectives import distill_loss, encode_pairs, item_losses, truncate_input
 from hyperadapter.training.recipe import Recipe
 
 
@@ -104,7 +105,8 @@ class Trainer:
         train = {k: load_split(data_dir, "train", k) for k in KINDS if recipe.kind_weights.get(k, 0) > 0}
         self.sampler = ExampleSampler(train, recipe.kind_weights, seed=recipe.seed + 1000 * self.accelerator.process_index,
                                       selfsup_share=recipe.selfsup_share, lead_space=tuple(recipe.lead_space),
-                                      unrelated_share=recipe.unrelated_share)
+                                      unrelated_share=recipe.unrelated_share,
+                                      unrelated_kinds=tuple(recipe.unrelated_kinds))
         val = {k: load_split(data_dir, "validation", k) for k in train}
         self.val_examples = self._fixed_examples(val)
         self.cache = FeatureCache(self.generator, recipe.feature_cache_items)
@@ -135,26 +137,37 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------ one step
-    def losses(self, examples: list[Example], with_distill: bool) -> dict[str, torch.Tensor]:
-        """Generated adapters for every example's context, then the answer (and distillation) loss."""
-        features, sentences = self.cache.get(examples)
+    def losses(self, examples: list[Example], with_distill: bool,
+               wrong: Sequence[tuple[int, Example]] = ()) -> dict[str, torch.Tensor]:
+        """Generated adapters for every example's context, then the answer (and distillation) loss.
+        `wrong`: (row, that row's query with another context) pairs for the contrastive term."""
+        everything = list(examples) + [e for _, e in wrong]
+        features, sentences = self.cache.get(everything)
         feats, mask, emb = _pad_features(features, self.generator.features.embed)
-        kinds = torch.tensor([KIND_IDS[e.kind] for e in examples])
+        kinds = torch.tensor([KIND_IDS[e.kind] for e in everything])
         factors = self.model(feats, mask, emb, sentences, kinds, use_tokens=self.generator.config.use_tokens)
-        return self.objective(examples, self.generator.runtime_factors(factors), with_distill)
+        return self.objective(everything, self.generator.runtime_factors(factors), with_distill,
+                              [row for row, _ in wrong])
 
     def objective(self, examples: list[Example], runtime_factors: dict | None,
-                  with_distill: bool = False) -> dict[str, torch.Tensor]:
+                  with_distill: bool = False, wrong_rows: Sequence[int] = ()) -> dict[str, torch.Tensor]:
         """The loss of the base under per-example factors (None: the base alone). Rows are sorted by
         length into micro-batches of similar length: padding a 40-token question to a 300-token task
-        input would triple the base's work. Each example weighs the same, whatever its objective."""
+        input would triple the base's work. Each example weighs the same, whatever its objective.
+
+        The last len(wrong_rows) examples are the queries of rows `wrong_rows` under adapters made
+        from another context of the same kind. They are not in the answer loss; the contrastive term
+        asks each right adapter to beat its wrong one by `contrast_margin` nats on the same query, so
+        a generator that makes one adapter for every task description pays for it."""
         r = self.recipe
+        n = len(examples) - len(wrong_rows)
         inputs = [truncate_input(self.base, e.input, r.max_prompt_tokens) for e in examples]
         prompts = [query_prompt(self.base, x) for x in inputs]
         lengths = [len(self.base.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         order = sorted(range(len(examples)), key=lengths.__getitem__)
         groups = [order[i:i + r.micro_batch] for i in range(0, len(order), r.micro_batch)]
-        totals = {"answer": torch.zeros(()), "distill": torch.zeros(())}
+        per_item = torch.zeros(len(examples))
+        distill_total = torch.zeros(())
         distill = with_distill and r.distill_weight > 0 and runtime_factors is not None
         for rows in groups:
             def factors_of(index: list[int], rows=rows) -> dict | None:  # positions within `rows`
@@ -163,10 +176,10 @@ class Trainer:
                 at = torch.tensor([rows[i] for i in index])
                 return {m: (a[at], b[at]) for m, (a, b) in runtime_factors.items()}
 
-            loss = mixed_loss(self.base, self.runtime, [prompts[i] for i in rows], [examples[i] for i in rows],
-                              factors_of, r.max_target_tokens, r.bf16)
-            totals["answer"] = totals["answer"] + loss * len(rows) / len(examples)
-            answer_rows = [j for j, i in enumerate(rows) if not examples[i].choices]
+            losses = item_losses(self.base, self.runtime, [prompts[i] for i in rows], [examples[i] for i in rows],
+                                 factors_of, r.max_target_tokens, r.bf16)
+            per_item = per_item.index_put((torch.tensor(rows),), losses)
+            answer_rows = [j for j, i in enumerate(rows) if not examples[i].choices and i < n]
             if distill and answer_rows:
                 chosen = [rows[j] for j in answer_rows]
                 targets = [examples[i].target for i in chosen]
@@ -174,19 +187,27 @@ class Trainer:
                 teacher = encode_pairs(self.base, [context_prompt(self.base, examples[i].kind, examples[i].context,
                                                                   inputs[i]) for i in chosen],
                                        targets, r.max_target_tokens)
-                totals["distill"] = totals["distill"] + len(chosen) / len(examples) * distill_loss(
+                distill_total = distill_total + len(chosen) / n * distill_loss(
                     self.base, self.runtime, student, teacher, factors_of(answer_rows), r.bf16)
-        out = {"answer": totals["answer"]}
+        out = {"answer": per_item[:n].mean()}
+        out["total"] = out["answer"]
         if distill:
-            out["distill"] = totals["distill"]
-        out["total"] = out["answer"] + r.distill_weight * totals["distill"]
+            out["distill"] = distill_total
+            out["total"] = out["total"] + r.distill_weight * distill_total
+        if len(wrong_rows):
+            gap = per_item[n:] - per_item[torch.tensor(list(wrong_rows))]  # wrong minus right, per query
+            out["contrast"] = torch.relu(r.contrast_margin - gap).mean()
+            out["gap"] = gap.mean().detach()
+            out["total"] = out["total"] + r.contrast_weight * out["contrast"]
         return out
 
     def train_step(self) -> dict[str, float]:
         r = self.recipe
         self.model.train()
         examples = self.sampler.sample(r.contexts_per_batch, r.queries_per_context)
-        losses = self.losses(examples, with_distill=r.distill_every > 0 and self.step % r.distill_every == 0)
+        wrong = self.sampler.wrong_contexts(examples, r.contrast_kinds) if r.contrast_weight > 0 else []
+        losses = self.losses(examples, with_distill=r.distill_every > 0 and self.step % r.distill_every == 0,
+                             wrong=wrong)
         self.accelerator.backward(losses["total"])
         if r.grad_clip:
             self.accelerator.clip_grad_norm_(self.model.parameters(), r.grad_clip)

@@ -40,6 +40,14 @@ class Recipe:
     # Share of examples whose query is replaced by another task's query (trained to that task's own
     # answer), the context kept: locality, so that an adapter leaves alone what its context is not about.
     unrelated_share: float = 0.0
+    unrelated_kinds: list[str] = field(default_factory=lambda: ["task", "demonstrations", "document", "conversation"])
+    # Contrastive term: for queries of these kinds, the same query under an adapter made from another
+    # context of the kind (another task's description) must lose by `contrast_margin` nats, weighted
+    # by `contrast_weight` (0: off). Against a generator that learns one adapter for every task. Leave
+    # these kinds out of `unrelated_kinds`: that objective asks the opposite of another task's adapter.
+    contrast_weight: float = 0.0
+    contrast_margin: float = 0.25
+    contrast_kinds: list[str] = field(default_factory=lambda: ["task", "demonstrations"])
     distill_weight: float = 0.0
     distill_every: int = 4
     # generator architecture (GeneratorConfig fields)
