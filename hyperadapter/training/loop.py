@@ -4,7 +4,8 @@
 Each step samples contexts of mixed kinds, builds their adapters with the hypernetwork (context
 features come from a cache: the base is frozen, so a context's features never change), applies
 them through the runtime to prompts that do NOT contain the context, and minimises the answer loss
-(plus, optionally, KL to the base that sees the context). Checkpoints hold the accelerate state (for
+(plus, optionally, KL to the base that sees the context, and a contrastive term: the same query
+under an adapter made from another context must do worse). Checkpoints hold the accelerate state (for
 resume) and a plain generator folder (for use); the loss and validation figures go to log.jsonl.
 """
 
