@@ -142,6 +142,29 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    """Validation answer loss of a generator checkpoint on a recipe's validation contexts (right
+    context, a wrong one of the same kind, the base alone): how to choose between checkpoints
+    without looking at the test split. More batches than a run logs: a steadier comparison."""
+    import json
+    import tempfile
+
+    from hyperadapter.training.loop import Trainer
+    from hyperadapter.training.recipe import load_recipe
+
+    if not Path(args.config).is_file():
+        raise CLIError(f"--config {args.config}: no such file")
+    if not (Path(args.generator) / "generator_config.json").is_file():
+        raise CLIError(f"--generator {args.generator}: not a generator folder (no generator_config.json)")
+    if args.batches < 1:
+        raise CLIError("--batches must be at least 1")
+    with tempfile.TemporaryDirectory() as scratch:  # the trainer never writes here: validate() only
+        recipe = load_recipe(args.config, init_from=args.generator, out_dir=scratch, eval_batches=args.batches)
+        metrics = Trainer(recipe).validate()
+    print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from hyperadapter.evaluation.harness import load_eval_config
     from hyperadapter.evaluation.run import run_eval
@@ -236,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="override the recipe's step count")
     t.add_argument("--out", help="override the recipe's out_dir")
     t.set_defaults(func=cmd_train)
+
+    v = sub.add_parser("validate", help="validation loss of a generator checkpoint (right / wrong context / "
+                                        "base), for choosing checkpoints; prints one JSON line")
+    v.add_argument("--config", required=True, help="the recipe whose validation data and settings to use")
+    v.add_argument("--generator", required=True, help="generator checkpoint folder")
+    v.add_argument("--batches", type=int, default=12, help="validation batches per kind (contexts_per_batch each)")
+    v.set_defaults(func=cmd_validate)
 
     e = sub.add_parser("eval", help="score base / context-in-prompt / generated / LoRA baselines on held-out data")
     e.add_argument("--config", required=True, help="an evaluation TOML file (see configs/)")

@@ -247,6 +247,22 @@ def test_contrastive_term_is_the_margin_on_each_querys_right_and_wrong_adapters_
     assert float(gaps().mean()) > float(before.mean()) + 0.1, (before, gaps())
 
 
+def test_validate_cli_scores_a_checkpoint_and_a_fresh_one_equals_the_base(tmp_path, base, sentence_encoder, capsys):
+    from hyperadapter.cli import main
+    write_tiny_data(tmp_path / "data")
+    Generator.fresh(base, sentence_encoder, seed=0).save_pretrained(tmp_path / "fresh")
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(f'data_dir = "{tmp_path / "data"}"\ncontexts_per_batch = 2\nqueries_per_context = 1\n'
+                      'kind_weights = {task = 1.0, document = 1.0}\n')
+    assert main(["validate", "--config", str(recipe), "--generator", str(tmp_path / "fresh"), "--batches", "2"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(metrics) == {f"val_{k}{s}" for k in ("task", "document") for s in ("", "_wrong", "_base")}
+    for kind in ("task", "document"):  # a fresh generator's adapters are zero: the base's loss exactly
+        assert metrics[f"val_{kind}"] == metrics[f"val_{kind}_wrong"] == metrics[f"val_{kind}_base"] > 0
+    assert main(["validate", "--config", str(recipe), "--generator", str(tmp_path / "nowhere")]) == 2
+    assert "not a generator folder" in capsys.readouterr().err
+
+
 def test_distillation_loss_is_zero_when_student_sees_the_same_prompt(base, runtime):
     from hyperadapter.training.objectives import distill_loss, encode_pairs
     prompts = ["The capital of France is", "Two plus two is"]
