@@ -1,6 +1,6 @@
 """Log-likelihood of candidate answers after a prompt, with each prompt run once.
 
-Multiple-choice queries are scored (evaluation) and trained (training.objectives.choice_loss) by the
+Multiple-choice queries are scored (evaluation) and trained (training.objectives.choice_losses) by the
 summed log-probability of each choice's tokens as the reply to the prompt. The prompts go through
 the base once, left-padded, with a KV cache; every choice then continues from its prompt's cache
 (gathered per choice row), so k choices cost k short continuations instead of k full prompts.

@@ -301,7 +301,7 @@ def _base_and_encoder():
 
 
 def test_bf16_training_loss_is_close_to_float32_and_reaches_the_generator(base, runtime, sentence_encoder):
-    from hyperadapter.training.objectives import answer_loss, encode_pairs
+    from hyperadapter.training.objectives import answer_losses, encode_pairs
     g = Generator.fresh(base, sentence_encoder, seed=4)
     with torch.no_grad():  # a small adapter, of the size training starts from (not _perturb's large one)
         for scale in g.hypernet.scale_b.values():
@@ -311,7 +311,7 @@ def test_bf16_training_loss_is_close_to_float32_and_reaches_the_generator(base, 
     losses = []
     for bf16 in (False, True):
         adapter_factors = g.runtime_factors(g.hypernet(*_features(g, ["Facts about France."] * 2)))
-        loss = answer_loss(base, runtime, batch, adapter_factors, bf16=bf16)
+        loss = answer_losses(base, runtime, batch, adapter_factors, bf16=bf16).mean()
         loss.backward()
         losses.append(float(loss.detach()))
     assert abs(losses[0] - losses[1]) < 0.05 * losses[0], losses

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from hyperadapter.base import format_prompt
 from hyperadapter.scoring import choice_logprobs
-from hyperadapter.training.objectives import choice_loss
+from hyperadapter.training.objectives import choice_losses
 from tests.conftest import make_adapter
 
 
@@ -49,7 +49,7 @@ def test_choice_loss_gradients_rank_the_right_choice_up(base, runtime):
     optimizer = torch.optim.Adam(params, lr=0.01)
     losses = []
     for label in (0, 0, 0, 0):  # push "blue", the wrong answer, to the top: only the adapter can do it
-        loss = choice_loss(base, runtime, prompts, choices, [label], factors, factors)
+        loss = choice_losses(base, runtime, prompts, choices, [label], factors, factors).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -20,7 +20,7 @@ from hyperadapter.data.prompts import query_prompt
 from hyperadapter.data.schema import Query
 from hyperadapter.runtime import LoraRuntime
 from hyperadapter.training.examples import sample_choices
-from hyperadapter.training.objectives import Scored, mixed_loss, truncate_input
+from hyperadapter.training.objectives import Scored, item_losses, truncate_input
 
 DEFAULT_MODULES = ("q_proj", "v_proj", "down_proj")
 
@@ -32,7 +32,7 @@ def train_lora(base: Base, runtime: LoraRuntime, pairs: Sequence[Query | tuple[s
                bf16: bool = True) -> Adapter:
     """Fit a LoRA to labelled queries, or (input, target) pairs (inputs are put in the chat template,
     without context). Multiple-choice queries are trained by ranking a few of their choices, as the
-    generator is (training.objectives.mixed_loss)."""
+    generator is (training.objectives.item_losses)."""
     if not pairs:
         raise ValueError("no training pairs")
     queries = [q if isinstance(q, Query) else Query(q[0], [q[1]]) for q in pairs]
@@ -64,8 +64,9 @@ def train_lora(base: Base, runtime: LoraRuntime, pairs: Sequence[Query | tuple[s
             if not group:
                 continue
             factors = {n: (a, b * scaling) for n, (a, b) in params.items()}
-            loss = mixed_loss(base, runtime, [texts[i] for i in group], [items[i] for i in group],
-                              lambda rows: factors, max_target_tokens, bf16) * len(group) / len(chosen)
+            losses = item_losses(base, runtime, [texts[i] for i in group], [items[i] for i in group],
+                                 lambda rows: factors, max_target_tokens, bf16)
+            loss = losses.sum() / len(chosen)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(flat, 1.0)
         optimizer.step()

@@ -1,10 +1,10 @@
 """Losses on the frozen base with adapters applied through the runtime's hooks.
 
 Only the answer positions go through the LM head (a 49k-word head on every prompt token would cost
-more than the rest of the step). `answer_loss` is the supervised/self-supervised cross-entropy,
-averaged per row then over rows; `choice_loss` ranks a multiple-choice query's candidate answers
-by their summed log-likelihood (how the harness scores them) and takes the cross-entropy of the
-right one; `distill_loss` is KL(teacher || student) on the answer tokens, the teacher being the
+more than the rest of the step). Losses are per item (a trainer weighs and averages them):
+`answer_losses` is the supervised/self-supervised cross-entropy, averaged over a row's answer
+tokens; `choice_losses` ranks a multiple-choice query's candidate answers by their summed
+log-likelihood (how the harness scores them) and takes the cross-entropy of the right one; `distill_loss` is KL(teacher || student) on the answer tokens, the teacher being the
 base with the context in its prompt.
 
 `bf16=True` runs the base under CPU autocast (bfloat16 matmuls, float32 weights, losses and
@@ -98,10 +98,6 @@ def answer_losses(base: Base, runtime: LoraRuntime, batch: Batch, factors=None, 
     return _row_means(F.cross_entropy(logits, labels, reduction="none"), rows, batch.labels.shape[0])
 
 
-def answer_loss(base: Base, runtime: LoraRuntime, batch: Batch, factors=None, bf16: bool = False) -> Tensor:
-    return answer_losses(base, runtime, batch, factors, bf16).mean()
-
-
 def choice_losses(base: Base, runtime: LoraRuntime, prompts: list[str], choices: Sequence[Sequence[str]],
                   labels: Sequence[int], prompt_factors=None, choice_factors=None, max_target_tokens: int = 48,
                   bf16: bool = False) -> Tensor:
@@ -116,11 +112,6 @@ def choice_losses(base: Base, runtime: LoraRuntime, prompts: list[str], choices:
         totals = choice_logprobs(base, runtime, prompt_ids, choice_ids, prompt_factors, choice_factors)
     scores = torch.split(totals, [len(cs) for cs in choices])
     return torch.stack([F.cross_entropy(s[None], torch.tensor([y])) for s, y in zip(scores, labels)])
-
-
-def choice_loss(*args, **kwargs) -> Tensor:
-    """The mean of `choice_losses` over the queries."""
-    return choice_losses(*args, **kwargs).mean()
 
 
 def item_losses(base: Base, runtime: LoraRuntime, prompts: list[str], items: Sequence, factors_of: Callable,
@@ -141,11 +132,6 @@ def item_losses(base: Base, runtime: LoraRuntime, prompts: list[str], items: Seq
         batch = encode_pairs(base, [prompts[i] for i in plain], [items[i].target for i in plain], max_target_tokens)
         out = out.index_put((torch.tensor(plain),), answer_losses(base, runtime, batch, factors_of(plain), bf16))
     return out
-
-
-def mixed_loss(*args, **kwargs) -> Tensor:
-    """The mean of `item_losses`: each item weighs the same, whatever its objective."""
-    return item_losses(*args, **kwargs).mean()
 
 
 def distill_loss(base: Base, runtime: LoraRuntime, student: Batch, teacher: Batch, factors,

@@ -7,6 +7,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hyperadapter.data.schema import KINDS
+
 
 @dataclass
 class Recipe:
@@ -40,7 +42,7 @@ class Recipe:
     # Share of examples whose query is replaced by another task's query (trained to that task's own
     # answer), the context kept: locality, so that an adapter leaves alone what its context is not about.
     unrelated_share: float = 0.0
-    unrelated_kinds: list[str] = field(default_factory=lambda: ["task", "demonstrations", "document", "conversation"])
+    unrelated_kinds: list[str] = field(default_factory=lambda: list(KINDS))
     # Contrastive term: for queries of these kinds, the same query under an adapter made from another
     # context of the kind (another task's description) must lose by `contrast_margin` nats, weighted
     # by `contrast_weight` (0: off). Against a generator that learns one adapter for every task. Leave
