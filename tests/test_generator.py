@@ -217,6 +217,42 @@ def test_wrong_contexts_keep_the_query_and_take_another_record_of_the_kind(tmp_p
         assert (e.target.strip() in e.context) and (e.target.strip() not in w.context)  # one fruit per task
 
 
+def test_task_variants_reword_the_description_and_keep_the_tasks_queries(tmp_path):
+    """Variant 0 is the description; the others are fixed (the same text every time: their features
+    are cached under their key), drawn from the description's own words (plus, at times, one of the
+    task's solved examples), and keyed by the task so that wrong contexts still come from other tasks."""
+    from hyperadapter.data.schema import ContextRecord, Query, load_split
+    from hyperadapter.training.examples import ExampleSampler
+    description = ("Read the sentence about a fruit. Answer with the name of the fruit in lower case. "
+                   "Say nothing else, and do not explain the answer.")
+    support = [Query(f"The {f} is ripe.", [f]) for f in ("apple", "pear", "plum", "fig")]
+    record = ContextRecord(id="t/fruit", kind="task", group="g", source="s", context=description,
+                           metric="generation", queries=support[:2], support=support[2:])
+    assert ExampleSampler._task_variant(record, 0) == ("t/fruit", description)
+    variants = [ExampleSampler._task_variant(record, v) for v in range(1, 9)]
+    assert variants == [ExampleSampler._task_variant(record, v) for v in range(1, 9)]
+    assert [key for key, _ in variants] == [f"t/fruit#{v}" for v in range(1, 9)]
+    assert len({text for _, text in variants} | {description}) > 4
+    words = set(description.split())
+    for _, text in variants:
+        wording, _, example = text.partition("\n\n")
+        assert set(wording.split()) <= words and len(wording.split()) >= len(description.split()) // 2
+        assert not example or example in {f"Input: {q.input}\nOutput: {q.target}" for q in record.support}
+    assert any("\n\nInput: " in text for _, text in variants)
+
+    write_tiny_data(tmp_path / "data")
+    records = {"task": load_split(tmp_path / "data", "train", "task")}
+    sampler = ExampleSampler(records, {"task": 1.0}, task_variants=4)
+    examples = sampler.sample(40, 1)
+    contexts = {r.id: r for r in records["task"]}
+    assert {e.context_key.partition("#")[2] for e in examples} == {"", "1", "2", "3"}
+    for e in examples:
+        task = contexts[e.context_key.split("#")[0]]
+        assert any(q.input == e.input for q in task.queries + task.support)
+    for i, w in sampler.wrong_contexts(examples, ("task",)):
+        assert w.context_key.split("#")[0] != examples[i].context_key.split("#")[0]
+
+
 def test_contrastive_term_is_the_margin_on_each_querys_right_and_wrong_adapters_and_training_widens_it(tmp_path):
     """The term is mean(relu(margin - (loss under the wrong adapter - loss under the right one))),
     each query scored as if alone; a few steps on it make right adapters beat wrong ones."""

@@ -7,13 +7,17 @@ target). Multiple-choice queries carry a few of their choices (the right one amo
 trained the way they are scored, by ranking the choices' log-likelihoods (training.objectives),
 not by generating the right choice, which taught the adapted model to answer "Yes"/"No" to
 everything. Demonstration sets are drawn from a task's examples in a few fixed variants per task,
-so their features can be cached like any other context's.
+so their features can be cached like any other context's. So are a task description's variants
+(`task_variants`): with only ~160 training descriptions, a generator can tell them apart by their
+exact wording without reading what they ask; a description with some words dropped, its sentences
+reordered, or one solved example appended asks the same thing in other words.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -22,6 +26,7 @@ from hyperadapter.data.schema import KINDS, ContextRecord, Query
 
 DEMO_VARIANTS = 8
 MAX_CHOICES = 4  # the right choice and up to three wrong ones per multiple-choice training query
+WORD_DROP = 0.15  # share of a description's words a variant drops
 
 
 @dataclass
@@ -47,7 +52,7 @@ def sample_choices(q: Query, rng: random.Random, k: int = MAX_CHOICES) -> tuple[
 class ExampleSampler:
     def __init__(self, records: dict[str, list[ContextRecord]], kind_weights: dict[str, float],
                  seed: int = 0, selfsup_share: float = 0.25, lead_space: tuple[str, ...] = (),
-                 unrelated_share: float = 0.0, unrelated_kinds: tuple[str, ...] = KINDS):
+                 unrelated_share: float = 0.0, unrelated_kinds: tuple[str, ...] = KINDS, task_variants: int = 1):
         self.records = {k: v for k, v in records.items() if v and kind_weights.get(k, 0) > 0}
         if not self.records:
             raise ValueError("no training records for any kind with a positive weight")
@@ -59,6 +64,7 @@ class ExampleSampler:
         self.unrelated_share = unrelated_share
         self.unrelated_kinds = set(unrelated_kinds)
         self.tasks = records.get("task") or []
+        self.task_variants = max(1, task_variants)
         if unrelated_share > 0 and len(self.tasks) < 2:
             raise ValueError("unrelated_share needs task records (their queries are the unrelated ones)")
 
@@ -96,6 +102,8 @@ class ExampleSampler:
             other = self.rng.choice(others)
             if e.kind == "demonstrations":
                 key, context, _ = self._demonstration_set(other, self.rng.randrange(DEMO_VARIANTS))
+            elif e.kind == "task":
+                key, context = self._task_variant(other, self.rng.randrange(self.task_variants))
             else:
                 key, context = other.id, other.context
             out.append((i, dataclasses.replace(e, context_key=key, context=context)))
@@ -106,6 +114,9 @@ class ExampleSampler:
         if kind == "demonstrations":
             return self._demonstrations(record, n)
         pool: list[Query] = record.queries + record.support
+        key, context = record.id, record.context
+        if kind == "task":
+            key, context = self._task_variant(record, self.rng.randrange(self.task_variants))
         out = []
         for _ in range(n):
             if kind == "document" and self.rng.random() < self.selfsup_share:
@@ -115,7 +126,7 @@ class ExampleSampler:
                                        self._spaced(kind, target), "selfsup"))
                     continue
             q = self.rng.choice(pool)
-            out.append(self._example(kind, record.id, record.context, q))
+            out.append(self._example(kind, key, context, q))
         return out
 
     def _spaced(self, kind: str, target: str) -> str:
@@ -134,6 +145,24 @@ class ExampleSampler:
         short = [q for q in pool if len(q.input) <= 400] or pool
         demos = random.Random(f"{record.id}:{variant}").sample(short, min(DEMOS, len(short)))
         return f"{record.id}#{variant}", format_demonstrations(demos), demos
+
+    @staticmethod
+    def _task_variant(record: ContextRecord, variant: int) -> tuple[str, str]:
+        """The `variant`-th fixed rewording of a task description: (its key, its text). Variant 0 is
+        the description itself; the others drop a share of its words, reorder its sentences half the
+        time, and append one solved example half the time."""
+        if variant == 0:
+            return record.id, record.context
+        rng = random.Random(f"{record.id}:wording:{variant}")
+        sentences = re.split(r"(?<=[.!?])\s+", record.context.strip())
+        if len(sentences) > 1 and rng.random() < 0.5:
+            rng.shuffle(sentences)
+        words = " ".join(sentences).split(" ")
+        text = " ".join([w for w in words if rng.random() >= WORD_DROP] or words)
+        if record.support and rng.random() < 0.5:
+            short = [q for q in record.support if len(q.input) <= 400] or record.support
+            text += "\n\n" + format_demonstrations([rng.choice(short)])
+        return f"{record.id}#{variant}", text
 
     def _demonstrations(self, record: ContextRecord, n: int) -> list[Example]:
         key, context, demos = self._demonstration_set(record, self.rng.randrange(DEMO_VARIANTS))

@@ -107,7 +107,8 @@ class Trainer:
         self.sampler = ExampleSampler(train, recipe.kind_weights, seed=recipe.seed + 1000 * self.accelerator.process_index,
                                       selfsup_share=recipe.selfsup_share, lead_space=tuple(recipe.lead_space),
                                       unrelated_share=recipe.unrelated_share,
-                                      unrelated_kinds=tuple(recipe.unrelated_kinds))
+                                      unrelated_kinds=tuple(recipe.unrelated_kinds),
+                                      task_variants=recipe.task_variants)
         val = {k: load_split(data_dir, "validation", k) for k in train}
         self.val_examples = self._fixed_examples(val)
         self.cache = FeatureCache(self.generator, recipe.feature_cache_items)

@@ -50,6 +50,9 @@ class Recipe:
     contrast_weight: float = 0.0
     contrast_margin: float = 0.25
     contrast_kinds: list[str] = field(default_factory=lambda: ["task", "demonstrations"])
+    # Fixed rewordings per task description drawn in training (1: the description only; see
+    # training.examples): against a generator that tells its training tasks apart by wording alone.
+    task_variants: int = 1
     distill_weight: float = 0.0
     distill_every: int = 4
     # generator architecture (GeneratorConfig fields)
