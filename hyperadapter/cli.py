@@ -190,6 +190,27 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    """Paired per-context differences between two harness runs (or two systems of one run)."""
+    import json
+
+    from hyperadapter.evaluation import compare
+
+    runs = []
+    for path in (args.a, args.b):
+        file = Path(path) / "results.json" if Path(path).is_dir() else Path(path)
+        try:
+            runs.append(json.loads(file.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CLIError(f"{path}: not a readable results.json ({exc})") from None
+    system_b = args.system_b or args.system
+    rows = compare.paired(runs[0], runs[1], args.system, system_b, KINDS)
+    if not rows:
+        raise CLIError(f"no kind has contexts scored for both {args.system!r} in {args.a} and {system_b!r} in {args.b}")
+    print(compare.markdown(rows, f"{args.system} ({args.a})", f"{system_b} ({args.b})"))
+    return 0
+
+
 BENCHMARKS = ("mixed_batch", "generate_latency", "cache", "serve", "batch")
 
 
@@ -278,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "processes can split one evaluation by kind)")
     e.add_argument("--settings", help="a settings TOML file")
     e.set_defaults(func=cmd_eval)
+
+    cp = sub.add_parser("compare", help="paired per-context differences between two evaluation runs")
+    cp.add_argument("a", help="a results.json (or its folder): the reference")
+    cp.add_argument("b", help="another results.json (or folder) of the same contexts")
+    cp.add_argument("--system", default="generated", help="the system compared (default: generated)")
+    cp.add_argument("--system-b", help="the system in b, if not the same")
+    cp.set_defaults(func=cmd_compare)
 
     bn = sub.add_parser("bench", help="run a benchmark from benchmarks/ (prints ratios measured side by side)")
     bn.add_argument("name", choices=BENCHMARKS)

@@ -152,6 +152,12 @@ class GenerationParams:
     max_new_tokens: int = 128
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
+    # OpenAI's penalties, on the tokens generated so far (not the prompt's, as OpenAI and vLLM do):
+    # a token's logit drops by frequency_penalty per earlier use plus presence_penalty once used.
+    # A generated adapter raises every token of a copied name at every step ("Marm Marm Marm" for
+    # Marmalade); a penalty lets the next piece through. Greedy decoding gets them too.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False  # decode exactly max_new_tokens (benchmarks), as vLLM's ignore_eos
@@ -184,6 +190,16 @@ class Row:
         new = self.text[self._emitted:]
         self._emitted = len(self.text)
         return new
+
+
+def _penalised(logits: Tensor, rows: Sequence[Row]) -> Tensor:
+    """`logits` [rows, vocab] less each row's frequency and presence penalties on its output so far."""
+    for i, row in enumerate(rows):
+        p = row.params
+        if row.output_ids and (p.frequency_penalty or p.presence_penalty):
+            used, counts = torch.tensor(row.output_ids).unique(return_counts=True)
+            logits[i, used] -= p.frequency_penalty * counts.to(logits.dtype) + p.presence_penalty
+    return logits
 
 
 def _left_pad(t: Tensor, length: int, dim: int) -> Tensor:
@@ -317,7 +333,7 @@ class DecodeBatch:
         self._factors = None
 
     def _sample(self, logits: Tensor, rows: Sequence[Row]) -> Tensor:
-        logits = logits.float()
+        logits = _penalised(logits.float(), rows)
         out = logits.argmax(-1)
         for i, row in enumerate(rows):
             p = row.params

@@ -120,6 +120,11 @@ def test_openai_client_chats_with_an_adapter_streams_and_counts(server, task_ada
     completion = oa.completions.create(model=task_adapter["id"], prompt="The capital of France is", max_tokens=8,
                                        temperature=0)
     assert completion.choices[0].text and completion.usage.completion_tokens > 0
+    loop = "The cat. The cat. The cat. The cat."
+    plain = oa.completions.create(model="base", prompt=loop, max_tokens=8, temperature=0).choices[0].text
+    penalised = oa.completions.create(model="base", prompt=loop, max_tokens=8, temperature=0,
+                                      presence_penalty=2.0).choices[0].text
+    assert plain.count("The cat") > penalised.count("The cat")  # the client's penalty arrives
 
 
 def test_inline_context_creates_and_applies_in_one_call(server):
@@ -215,6 +220,8 @@ BAD = [
     ("post", "/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404),
     ("post", "/v1/chat/completions", {"model": "user:nobody", "messages": [{"role": "user", "content": "hi"}]}, 404),
     ("post", "/v1/chat/completions", {"model": "base", "messages": []}, 422),
+    ("post", "/v1/chat/completions", {"model": "base", "messages": [{"role": "user", "content": "hi"}],
+                                      "frequency_penalty": 2.5}, 422),
     ("post", "/v1/chat/completions", {"model": "base", "messages": [{"role": "robot", "content": "hi"}]}, 422),
     ("post", "/v1/chat/completions", {"model": "base", "messages": "hi"}, 422),
     ("post", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, 422),

@@ -269,3 +269,26 @@ def test_an_evaluation_cut_short_keeps_what_it_finished(base, runtime, tmp_path,
         run_eval(config, load_settings(), base=base, runtime=runtime)
     kept = json.loads((tmp_path / "out" / "results.json").read_text())["systems"]["base"]
     assert set(kept) == {"task", "demonstrations"} and kept["task"]["contexts"] == 1
+
+
+def test_compare_pairs_contexts_by_id_and_the_cli_refuses_what_it_cannot_read(tmp_path, capsys):
+    from hyperadapter.cli import main
+    from hyperadapter.evaluation.compare import paired
+
+    def run(scores: dict[str, float]) -> dict:
+        return {"systems": {"generated": {"document": {"per_context": [{"id": i, "score": s} for i, s in scores.items()]}}}}
+
+    a = run({"d1": 10.0, "d2": 20.0, "d3": 30.0, "only-a": 99.0})
+    b = run({"d3": 33.0, "d1": 12.0, "d2": 24.0, "only-b": 0.0})  # other order, and contexts of its own
+    rows = paired(a, b, "generated", "generated", KINDS)
+    assert list(rows) == ["document"]
+    r = rows["document"]
+    assert r["contexts"] == 3 and r["a"] == pytest.approx(20.0) and r["b"] == pytest.approx(23.0)
+    assert r["diff"] == pytest.approx(3.0) and r["se"] == pytest.approx(1.0 / 3 ** 0.5)  # diffs 2, 4, 3
+    for name, data in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(data))
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "| document | 3 | 20.0 | 23.0 | +3.0 ± 0.6 |" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--system", "base"]) == 2

@@ -91,3 +91,30 @@ def test_strip_leading_drops_only_the_replys_leading_whitespace(base, runtime):
     stripped = runtime.generate([prompt], None, GenerationParams(max_new_tokens=4, strip_leading=True))[0]
     assert plain.startswith(" ") and plain.strip()
     assert stripped == plain.lstrip()
+
+
+def test_penalties_apply_to_generated_tokens_only_and_stop_a_loop(base, runtime):
+    """OpenAI's semantics: the prompt's tokens are not penalised (the first reply token is the same),
+    the reply's own repeats are; rows keep their own penalties in a shared batch."""
+    prompt = "The cat. The cat. The cat. The cat."
+    plain_params = GenerationParams(max_new_tokens=8)
+    plain = runtime.generate([prompt], None, plain_params)[0]
+    assert plain.count("The cat") >= 3  # greedy decoding loops on the prompt's words
+
+    def reply_ids(params: GenerationParams) -> list[int]:
+        row = Row(runtime.encode(prompt), None, params)
+        batch = DecodeBatch(runtime)
+        batch.add([row])
+        while batch.rows:
+            batch.step()
+        return row.output_ids
+
+    loop = reply_ids(plain_params)
+    for params in (GenerationParams(max_new_tokens=8, frequency_penalty=2.0),
+                   GenerationParams(max_new_tokens=8, presence_penalty=2.0)):
+        ids = reply_ids(params)
+        assert ids[0] == loop[0]  # the prompt's " The" was not penalised
+        assert ids.count(loop[0]) < loop.count(loop[0])
+    penalised = GenerationParams(max_new_tokens=8, presence_penalty=2.0)
+    mixed = runtime.generate([prompt, prompt], None, [plain_params, penalised])
+    assert mixed == [plain, runtime.generate([prompt], None, penalised)[0]]

@@ -61,6 +61,7 @@ def _submit(prompt: str, body, kind: str):
         raise bad_request(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceed the model's "
                           f"context of {context_window} tokens")
     params = GenerationParams(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
+                              frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty,
                               seed=body.seed, stop=list(body.stop or []), ignore_eos=body.ignore_eos,
                               strip_leading=kind == "chat")
     try:

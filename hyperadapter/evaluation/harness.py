@@ -39,6 +39,9 @@ class EvalConfig:
     max_contexts: dict[str, int] = field(default_factory=dict)  # per kind; missing or 0 = all
     limit: int = 8  # queries per context
     max_new_tokens: int = 32
+    # decoding penalties for every system alike (runtime.GenerationParams); choose them on validation
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     systems: list[str] = field(default_factory=lambda: [
         "base", "base+context", "generated", "generated-wrong", "multitask-lora", "per-task-lora"])
     generator: str = ""  # default: the shipped checkpoint
@@ -99,7 +102,9 @@ class Harness:
                 scores.append(float(max(range(len(s)), key=s.__getitem__) == q.label))
                 prompt_tokens.append(len(tok(prompt, add_special_tokens=False)["input_ids"]))
         else:
-            params = GenerationParams(max_new_tokens=self.config.max_new_tokens)
+            params = GenerationParams(max_new_tokens=self.config.max_new_tokens,
+                                      frequency_penalty=self.config.frequency_penalty,
+                                      presence_penalty=self.config.presence_penalty)
             replies = []
             for s in range(0, len(prompts), self.config.batch_size):
                 replies += self.runtime.generate(prompts[s:s + self.config.batch_size], adapter, params)
