@@ -154,8 +154,9 @@ class GenerationParams:
     top_p: float = 1.0
     # OpenAI's penalties, on the tokens generated so far (not the prompt's, as OpenAI and vLLM do):
     # a token's logit drops by frequency_penalty per earlier use plus presence_penalty once used.
-    # A generated adapter raises every token of a copied name at every step ("Marm Marm Marm" for
-    # Marmalade); a penalty lets the next piece through. Greedy decoding gets them too.
+    # Greedy decoding gets them too. They break loops ("the pan with the pan with ..."), but on the
+    # validation split they moved the generated adapters' document F1 and fact recall by no more than
+    # the noise (presence 2.0: F1 +0.3 +- 0.2, recall +0.0), so the harness leaves them at 0.
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     seed: int | None = None
