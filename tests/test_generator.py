@@ -252,6 +252,14 @@ def test_task_variants_reword_the_description_and_keep_the_tasks_queries(tmp_pat
     for i, w in sampler.wrong_contexts(examples, ("task",)):
         assert w.context_key.split("#")[0] != examples[i].context_key.split("#")[0]
 
+    # without variants no extra random draw: the fixed validation examples stay what they were
+    import random
+    plain = ExampleSampler({"task": [record]}, {"task": 1.0}, seed=7)
+    plain.examples_for(record, 1)
+    reference = random.Random(7)
+    reference.choice(record.queries + record.support)
+    assert plain.rng.getstate() == reference.getstate()
+
 
 def test_contrastive_term_is_the_margin_on_each_querys_right_and_wrong_adapters_and_training_widens_it(tmp_path):
     """The term is mean(relu(margin - (loss under the wrong adapter - loss under the right one))),

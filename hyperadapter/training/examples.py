@@ -103,7 +103,7 @@ class ExampleSampler:
             if e.kind == "demonstrations":
                 key, context, _ = self._demonstration_set(other, self.rng.randrange(DEMO_VARIANTS))
             elif e.kind == "task":
-                key, context = self._task_variant(other, self.rng.randrange(self.task_variants))
+                key, context = self._task_context(other)
             else:
                 key, context = other.id, other.context
             out.append((i, dataclasses.replace(e, context_key=key, context=context)))
@@ -116,7 +116,7 @@ class ExampleSampler:
         pool: list[Query] = record.queries + record.support
         key, context = record.id, record.context
         if kind == "task":
-            key, context = self._task_variant(record, self.rng.randrange(self.task_variants))
+            key, context = self._task_context(record)
         out = []
         for _ in range(n):
             if kind == "document" and self.rng.random() < self.selfsup_share:
@@ -145,6 +145,12 @@ class ExampleSampler:
         short = [q for q in pool if len(q.input) <= 400] or pool
         demos = random.Random(f"{record.id}:{variant}").sample(short, min(DEMOS, len(short)))
         return f"{record.id}#{variant}", format_demonstrations(demos), demos
+
+    def _task_context(self, record: ContextRecord) -> tuple[str, str]:
+        # No draw at all without variants: the random stream (and so the fixed validation examples
+        # and every earlier recipe's batches) stays what it was before variants existed.
+        variant = self.rng.randrange(self.task_variants) if self.task_variants > 1 else 0
+        return self._task_variant(record, variant)
 
     @staticmethod
     def _task_variant(record: ContextRecord, variant: int) -> tuple[str, str]:
