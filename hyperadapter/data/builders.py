@@ -124,6 +124,14 @@ def bigbench_tasks(tasks_dir: Path, seed: int = 0, max_per_group: int = 3) -> It
             made += 1
 
 
+MAX_DEMO_INPUT_CHARS = 400  # a solved example shown as context must leave room for the query
+
+
+def short_examples(queries: list[Query]) -> list[Query]:
+    """The queries short enough to show as solved examples (all of them if none is)."""
+    return [q for q in queries if len(q.input) <= MAX_DEMO_INPUT_CHARS] or queries
+
+
 def format_demonstrations(examples: list[Query]) -> str:
     return "\n\n".join(f"Input: {q.input}\nOutput: {q.target}" for q in examples)
 
@@ -134,7 +142,7 @@ def demonstrations(task_records: list[ContextRecord], seed: int = 0) -> Iterator
         if len(record.support) < DEMOS + 1:
             continue
         rng = random.Random(f"{seed}:demos:{record.id}")
-        short = [q for q in record.support if len(q.input) <= 400] or record.support
+        short = short_examples(record.support)
         demos = rng.sample(short, min(DEMOS, len(short)))
         rest = [q for q in record.support if q not in demos]
         yield ContextRecord(id=f"demos/{record.id}", kind="demonstrations", group=record.group,

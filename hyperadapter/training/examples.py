@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from hyperadapter.data.builders import DEMOS, format_demonstrations
+from hyperadapter.data.builders import DEMOS, format_demonstrations, short_examples
 from hyperadapter.data.schema import KINDS, ContextRecord, Query
 
 DEMO_VARIANTS = 8
@@ -99,13 +99,7 @@ class ExampleSampler:
             others = [r for r in self.records.get(e.kind, []) if r.id != own]
             if not others:
                 continue
-            other = self.rng.choice(others)
-            if e.kind == "demonstrations":
-                key, context, _ = self._demonstration_set(other, self.rng.randrange(DEMO_VARIANTS))
-            elif e.kind == "task":
-                key, context = self._task_context(other)
-            else:
-                key, context = other.id, other.context
+            key, context = self._draw_context(self.rng.choice(others))
             out.append((i, dataclasses.replace(e, context_key=key, context=context)))
         return out
 
@@ -114,9 +108,7 @@ class ExampleSampler:
         if kind == "demonstrations":
             return self._demonstrations(record, n)
         pool: list[Query] = record.queries + record.support
-        key, context = record.id, record.context
-        if kind == "task":
-            key, context = self._task_context(record)
+        key, context = self._draw_context(record)
         out = []
         for _ in range(n):
             if kind == "document" and self.rng.random() < self.selfsup_share:
@@ -142,15 +134,21 @@ class ExampleSampler:
     def _demonstration_set(record: ContextRecord, variant: int) -> tuple[str, str, list[Query]]:
         """The `variant`-th fixed demonstration set of a task: (its key, its text, its examples)."""
         pool = record.queries + record.support
-        short = [q for q in pool if len(q.input) <= 400] or pool
+        short = short_examples(pool)
         demos = random.Random(f"{record.id}:{variant}").sample(short, min(DEMOS, len(short)))
         return f"{record.id}#{variant}", format_demonstrations(demos), demos
 
-    def _task_context(self, record: ContextRecord) -> tuple[str, str]:
-        # No draw at all without variants: the random stream (and so the fixed validation examples
-        # and every earlier recipe's batches) stays what it was before variants existed.
-        variant = self.rng.randrange(self.task_variants) if self.task_variants > 1 else 0
-        return self._task_variant(record, variant)
+    def _draw_context(self, record: ContextRecord) -> tuple[str, str]:
+        """`record`'s context as training shows it: (its feature-cache key, its text). Demonstrations,
+        and task descriptions with `task_variants`, come in fixed variants, one drawn at random. No
+        draw for the others: the random stream (so the fixed validation examples and every earlier
+        recipe's batches) stays what it was before variants existed."""
+        if record.kind == "demonstrations":
+            key, context, _ = self._demonstration_set(record, self.rng.randrange(DEMO_VARIANTS))
+            return key, context
+        if record.kind == "task" and self.task_variants > 1:
+            return self._task_variant(record, self.rng.randrange(self.task_variants))
+        return record.id, record.context
 
     @staticmethod
     def _task_variant(record: ContextRecord, variant: int) -> tuple[str, str]:
@@ -166,8 +164,7 @@ class ExampleSampler:
         words = " ".join(sentences).split(" ")
         text = " ".join([w for w in words if rng.random() >= WORD_DROP] or words)
         if record.support and rng.random() < 0.5:
-            short = [q for q in record.support if len(q.input) <= 400] or record.support
-            text += "\n\n" + format_demonstrations([rng.choice(short)])
+            text += "\n\n" + format_demonstrations([rng.choice(short_examples(record.support))])
         return f"{record.id}#{variant}", text
 
     def _demonstrations(self, record: ContextRecord, n: int) -> list[Example]:

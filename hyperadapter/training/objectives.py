@@ -4,8 +4,9 @@ Only the answer positions go through the LM head (a 49k-word head on every promp
 more than the rest of the step). Losses are per item (a trainer weighs and averages them):
 `answer_losses` is the supervised/self-supervised cross-entropy, averaged over a row's answer
 tokens; `choice_losses` ranks a multiple-choice query's candidate answers by their summed
-log-likelihood (how the harness scores them) and takes the cross-entropy of the right one; `distill_loss` is KL(teacher || student) on the answer tokens, the teacher being the
-base with the context in its prompt.
+log-likelihood (how the harness scores them) and takes the cross-entropy of the right one;
+`distill_loss` is KL(teacher || student) on the answer tokens, the teacher being the base with the
+context in its prompt.
 
 `bf16=True` runs the base under CPU autocast (bfloat16 matmuls, float32 weights, losses and
 gradients into the generator): 2.2-2.4x faster forward+backward on CPUs with AVX512-BF16, measured
