@@ -291,6 +291,39 @@ def test_contrastive_term_is_the_margin_on_each_querys_right_and_wrong_adapters_
     assert float(gaps().mean()) > float(before.mean()) + 0.1, (before, gaps())
 
 
+def test_anchor_is_the_kl_from_the_base_and_zero_for_a_fresh_generator(tmp_path):
+    """KL(base || adapted) on the answer tokens: nothing for a generator that leaves the base alone,
+    positive once the answer loss has moved the adapters, and training on it moves them back."""
+    from hyperadapter.training.loop import Trainer
+    from hyperadapter.training.recipe import Recipe
+    write_tiny_data(tmp_path / "data")
+    trainer = Trainer(Recipe(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), lr=3e-3,
+                             warmup_steps=1, contexts_per_batch=4, queries_per_context=1, eval_batches=1,
+                             kind_weights={"task": 1.0}, anchor_weight=0.5, bf16=False))
+    examples = trainer.sampler.sample(4, 1)
+
+    def step(loss: str) -> dict:
+        out = trainer.losses(examples, False)
+        trainer.accelerator.backward(out[loss])
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad()
+        return out
+
+    fresh = step("answer")
+    assert float(fresh["anchor"]) == pytest.approx(0.0, abs=1e-5)
+    assert float(fresh["total"]) == pytest.approx(float(fresh["answer"]), abs=1e-5)
+    for _ in range(3):
+        moved = step("answer")
+    assert float(moved["anchor"]) > 1e-3
+    assert float(moved["total"]) == pytest.approx(float(moved["answer"] + 0.5 * moved["anchor"]), abs=1e-5)
+    for _ in range(4):
+        last = step("anchor")
+    assert float(last["anchor"]) < float(moved["anchor"]), (moved["anchor"], last["anchor"])
+    trainer.model.eval()
+    with torch.no_grad():
+        assert "anchor" not in trainer.losses(examples, False)  # validation scores answers only
+
+
 def test_validate_cli_scores_a_checkpoint_and_a_fresh_one_equals_the_base(tmp_path, base, sentence_encoder, capsys):
     from hyperadapter.cli import main
     write_tiny_data(tmp_path / "data")

@@ -3,10 +3,11 @@
 
 Each step samples contexts of mixed kinds, builds their adapters with the hypernetwork (context
 features come from a cache: the base is frozen, so a context's features never change), applies
-them through the runtime to prompts that do NOT contain the context, and minimises the answer loss
-(plus, optionally, KL to the base that sees the context, and a contrastive term: the same query
-under an adapter made from another context must do worse). Checkpoints hold the accelerate state (for
-resume) and a plain generator folder (for use); the loss and validation figures go to log.jsonl.
+them through the runtime to prompts that do NOT contain the context, and minimises the answer loss,
+plus, optionally: KL to the base that sees the context (distillation), KL from the base alone (an
+anchor), and a contrastive term (the same query under an adapter made from another context must do
+worse). Checkpoints hold the accelerate state (for resume) and a plain generator folder (for use);
+the loss and validation figures go to log.jsonl.
 """
 
 from __future__ import annotations
@@ -171,6 +172,8 @@ class Trainer:
         per_item = torch.zeros(len(examples))
         distill_total = torch.zeros(())
         distill = with_distill and r.distill_weight > 0 and runtime_factors is not None
+        anchor_total = torch.zeros(())
+        anchor = r.anchor_weight > 0 and runtime_factors is not None and self.model.training  # not in validation
         for rows in groups:
             def factors_of(index: list[int], rows=rows) -> dict | None:  # positions within `rows`
                 if runtime_factors is None:
@@ -191,11 +194,22 @@ class Trainer:
                                        targets, r.max_target_tokens)
                 distill_total = distill_total + len(chosen) / n * distill_loss(
                     self.base, self.runtime, student, teacher, factors_of(answer_rows), r.bf16)
+            anchor_rows = [j for j, i in enumerate(rows)
+                           if i < n and examples[i].kind in r.anchor_kinds and examples[i].objective != "selfsup"]
+            if anchor and anchor_rows:  # the base without context is the teacher, on the same batch
+                chosen = [rows[j] for j in anchor_rows]
+                batch = encode_pairs(self.base, [prompts[i] for i in chosen], [examples[i].target for i in chosen],
+                                     r.max_target_tokens)
+                anchor_total = anchor_total + len(chosen) / n * distill_loss(
+                    self.base, self.runtime, batch, batch, factors_of(anchor_rows), r.bf16)
         out = {"answer": per_item[:n].mean()}
         out["total"] = out["answer"]
         if distill:
             out["distill"] = distill_total
             out["total"] = out["total"] + r.distill_weight * distill_total
+        if anchor:
+            out["anchor"] = anchor_total
+            out["total"] = out["total"] + r.anchor_weight * anchor_total
         if len(wrong_rows):
             gap = per_item[n:] - per_item[torch.tensor(list(wrong_rows))]  # wrong minus right, per query
             out["contrast"] = torch.relu(r.contrast_margin - gap).mean()

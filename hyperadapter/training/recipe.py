@@ -55,6 +55,14 @@ class Recipe:
     task_variants: int = 1
     distill_weight: float = 0.0
     distill_every: int = 4
+    # Anchor: KL(base || adapted) at the answer tokens of queries of these kinds (for multiple choice,
+    # the right choice's tokens), weighted by `anchor_weight` (0: off). The ranking loss on a Yes/No
+    # task is as happy with an adapter that makes "Yes" and "No" the likeliest reply to anything as
+    # with one that only orders them; unseen descriptions then get that adapter (bare "Yes." to a
+    # generation task). The anchor makes an adapter pay for every change to the base's answer
+    # distribution that its answers do not need.
+    anchor_weight: float = 0.0
+    anchor_kinds: list[str] = field(default_factory=lambda: ["task", "demonstrations"])
     # generator architecture (GeneratorConfig fields)
     generator: dict = field(default_factory=dict)
     init_from: str = ""  # start from an existing generator checkpoint
