@@ -137,6 +137,14 @@ def test_rouge_l_and_fact_recall():
     assert metrics.fact_recall("Biscuits are tasty", ["Biscuit"]) == 0.0
 
 
+def test_stray_yes_no_counts_bare_yes_no_only_where_no_reference_is_one():
+    assert metrics.stray_yes_no("Yes.", ["What is the capital of France?"]) == 1.0
+    assert metrics.stray_yes_no(" no ", ["Paris"]) == 1.0
+    assert metrics.stray_yes_no("Yes, it is Paris.", ["Paris"]) == 0.0
+    assert metrics.stray_yes_no("No.", ["no"]) == 0.0
+    assert metrics.stray_yes_no("Yes", ["Paris", "Yes"]) == 0.0
+
+
 def test_choice_scores_match_a_plain_forward(base, runtime):
     import torch.nn.functional as F
     from hyperadapter.base import format_prompt
@@ -182,6 +190,8 @@ def test_harness_end_to_end(base, runtime, sentence_encoder, tmp_path):
     # a fresh generator's adapters are zero: exactly the base's answers
     assert systems["generated"]["document"]["score"] == systems["base"]["document"]["score"]
     assert systems["generated"]["task"]["adapter_ms"] > 0
+    assert systems["base"]["document"]["stray_yes_no"] is None  # counted on generation tasks only
+    assert 0.0 <= systems["base"]["task"]["stray_yes_no"] <= 100.0
     out = tmp_path / "out"
     assert json.loads((out / "results.json").read_text())["config"]["limit"] == 2
     assert "| base+context |" in (out / "results.md").read_text()

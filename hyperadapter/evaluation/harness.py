@@ -93,7 +93,7 @@ class Harness:
     def score_context(self, system: System, record: ContextRecord) -> dict:
         adapter = system.adapter(record)
         tok = self.base.tokenizer
-        scores, extra, prompt_tokens = [], {"em": [], "rouge_l": [], "f1": []}, []
+        scores, extra, prompt_tokens = [], {"em": [], "rouge_l": [], "f1": [], "yes_no": []}, []
         start = time.perf_counter()
         prompts = [system.prompt(record, q.input) for q in record.queries]
         if record.metric == "choice":
@@ -114,6 +114,7 @@ class Harness:
                 extra["em"].append(metrics.exact_match(reply, q.answers))
                 extra["rouge_l"].append(metrics.rouge_l(reply, q.answers))
                 extra["f1"].append(metrics.squad_f1(reply, q.answers))
+                extra["yes_no"].append(metrics.stray_yes_no(reply, q.answers))
                 if record.metric == "squad":
                     scores.append(extra["f1"][-1])
                 elif record.metric == "fact":
@@ -125,6 +126,7 @@ class Harness:
         n = max(1, len(record.queries))
         return {"id": record.id, "metric": PRIMARY[record.metric], "score": 100 * sum(scores) / n,
                 "em": 100 * sum(extra["em"]) / n if extra["em"] else None,
+                "stray_yes_no": 100 * sum(extra["yes_no"]) / n if record.metric == "generation" else None,
                 "queries": len(record.queries), "prompt_tokens": sum(prompt_tokens) / n,
                 "latency_ms": 1000 * seconds / n, "samples": extra.get("replies", [])}
 
@@ -158,6 +160,8 @@ def summarise(rows: list[dict], adapter_seconds: list[float]) -> dict:
             "queries": sum(r["queries"] for r in rows),
             "by_metric": {m: mean(v) for m, v in by_metric.items()},
             "em": mean([r["em"] for r in rows]),
+            # generation tasks: % of replies a bare Yes/No where no reference is (metrics.stray_yes_no)
+            "stray_yes_no": mean([r.get("stray_yes_no") for r in rows]),
             "prompt_tokens": mean([r["prompt_tokens"] for r in rows]),
             "latency_ms": mean([r["latency_ms"] for r in rows]),
             "adapter_ms": 1000 * mean(adapter_seconds) if adapter_seconds else None,

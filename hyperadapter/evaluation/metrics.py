@@ -1,5 +1,6 @@
 """Answer metrics: SQuAD's normalisation, F1 and exact match; ROUGE-L (LCS F-measure on words);
-fact recall (the normalised answer appears in the normalised reply)."""
+fact recall (the normalised answer appears in the normalised reply); and one diagnostic, a bare
+Yes/No reply where no reference is one (an adapter that turned a generation task into a yes/no one)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,9 @@ def rouge_l(prediction: str, answers: list[str]) -> float:
 def fact_recall(prediction: str, answers: list[str]) -> float:
     reply = f" {normalize(prediction)} "
     return float(any(f" {normalize(a)} " in reply for a in answers if normalize(a)))
+
+
+def stray_yes_no(prediction: str, answers: list[str]) -> float:
+    """1.0 if the reply is a bare "yes" or "no" (after normalisation) and no reference answer is."""
+    yes_no = {"yes", "no"}
+    return float(normalize(prediction) in yes_no and not any(normalize(a) in yes_no for a in answers))
