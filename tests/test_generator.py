@@ -324,6 +324,34 @@ def test_anchor_is_the_kl_from_the_base_and_zero_for_a_fresh_generator(tmp_path)
         assert "anchor" not in trainer.losses(examples, False)  # validation scores answers only
 
 
+def test_anchor_from_the_shared_answer_pass_equals_a_separate_kl(base, runtime):
+    """item_losses_and_anchor reuses the adapted pass of a generation item's answer loss for its
+    anchor: the same KL(base || adapted) as a separate distill_loss on that item alone, and the same
+    answer losses as item_losses; items not anchored get 0."""
+    from hyperadapter.training.objectives import (Scored, distill_loss, encode_pairs, item_losses,
+                                                  item_losses_and_anchor)
+    prompts = ["The capital of France is", "Is the sky green? Answer:", "Two plus two is", "My favourite colour is"]
+    items = [Scored(" Paris"), Scored(" No", (" Yes", " No"), 1), Scored(" four, of course"), Scored(" blue")]
+    torch.manual_seed(0)
+    factors = {}
+    for path, (fan_in, fan_out) in base.linear_shapes().items():
+        if path.startswith(("model.layers.0.", "model.layers.1.")) and path.endswith(("q_proj", "down_proj")):
+            factors[path] = (torch.randn(len(items), 4, fan_in) * 0.2, torch.randn(len(items), fan_out, 4) * 0.2)
+
+    def factors_of(rows):
+        at = torch.tensor(rows)
+        return {m: (a[at], b[at]) for m, (a, b) in factors.items()}
+
+    losses, anchor = item_losses_and_anchor(base, runtime, prompts, items, factors_of, anchored=[0, 1, 2])
+    assert torch.allclose(losses, item_losses(base, runtime, prompts, items, factors_of), atol=1e-5)
+    for i in (0, 1, 2):
+        batch = encode_pairs(base, [prompts[i]], [items[i].target])
+        separate = distill_loss(base, runtime, batch, batch, factors_of([i]))
+        assert float(separate) > 1e-3
+        assert float(anchor[i]) == pytest.approx(float(separate), rel=1e-4, abs=1e-6)
+    assert float(anchor[3]) == 0.0
+
+
 def test_validate_cli_scores_a_checkpoint_and_a_fresh_one_equals_the_base(tmp_path, base, sentence_encoder, capsys):
     from hyperadapter.cli import main
     write_tiny_data(tmp_path / "data")

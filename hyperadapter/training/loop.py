@@ -33,7 +33,7 @@ from hyperadapter.generator import Generator
 from hyperadapter.generator.config import KIND_IDS
 from hyperadapter.runtime import LoraRuntime
 from hyperadapter.training.examples import Example, ExampleSampler
-from hyperadapter.training.objectives import distill_loss, encode_pairs, item_losses, truncate_input
+from hyperadapter.training.objectives import distill_loss, encode_pairs, item_losses_and_anchor, truncate_input
 from hyperadapter.training.recipe import Recipe
 
 
@@ -181,9 +181,14 @@ class Trainer:
                 at = torch.tensor([rows[i] for i in index])
                 return {m: (a[at], b[at]) for m, (a, b) in runtime_factors.items()}
 
-            losses = item_losses(self.base, self.runtime, [prompts[i] for i in rows], [examples[i] for i in rows],
-                                 factors_of, r.max_target_tokens, r.bf16)
+            # the anchor: the base without context is the teacher, on the group's own answers
+            anchored = [j for j, i in enumerate(rows) if anchor and i < n and examples[i].kind in r.anchor_kinds
+                        and examples[i].objective != "selfsup"]
+            losses, anchor_kl = item_losses_and_anchor(
+                self.base, self.runtime, [prompts[i] for i in rows], [examples[i] for i in rows], factors_of,
+                r.max_target_tokens, r.bf16, anchored)
             per_item = per_item.index_put((torch.tensor(rows),), losses)
+            anchor_total = anchor_total + anchor_kl.sum() / n
             answer_rows = [j for j, i in enumerate(rows) if not examples[i].choices and i < n]
             if distill and answer_rows:
                 chosen = [rows[j] for j in answer_rows]
@@ -194,14 +199,6 @@ class Trainer:
                                        targets, r.max_target_tokens)
                 distill_total = distill_total + len(chosen) / n * distill_loss(
                     self.base, self.runtime, student, teacher, factors_of(answer_rows), r.bf16)
-            anchor_rows = [j for j, i in enumerate(rows)
-                           if i < n and examples[i].kind in r.anchor_kinds and examples[i].objective != "selfsup"]
-            if anchor and anchor_rows:  # the base without context is the teacher, on the same batch
-                chosen = [rows[j] for j in anchor_rows]
-                batch = encode_pairs(self.base, [prompts[i] for i in chosen], [examples[i].target for i in chosen],
-                                     r.max_target_tokens)
-                anchor_total = anchor_total + len(chosen) / n * distill_loss(
-                    self.base, self.runtime, batch, batch, factors_of(anchor_rows), r.bf16)
         out = {"answer": per_item[:n].mean()}
         out["total"] = out["answer"]
         if distill:

@@ -120,29 +120,65 @@ def item_losses(base: Base, runtime: LoraRuntime, prompts: list[str], items: Seq
     """The loss of each of `items` (each with `.target`, `.choices`, `.label`), in order:
     `choice_losses` where it has choices, `answer_losses` otherwise. `factors_of(rows)` gives the
     factors for those rows of the batch (None: the base alone)."""
+    return item_losses_and_anchor(base, runtime, prompts, items, factors_of, max_target_tokens, bf16)[0]
+
+
+def item_losses_and_anchor(base: Base, runtime: LoraRuntime, prompts: list[str], items: Sequence,
+                           factors_of: Callable, max_target_tokens: int = 48, bf16: bool = False,
+                           anchored: Sequence[int] = ()) -> tuple[Tensor, Tensor]:
+    """`item_losses`, and for the items at positions `anchored` the anchor: KL(base alone || adapted)
+    averaged over their answer tokens (the right choice's, for multiple choice); 0 elsewhere. A
+    generation item's anchor reuses the adapted pass of its answer loss (one forward and backward
+    where there were two); only the base's own pass is added."""
+    anchored = set(anchored)
     ranked = [i for i, it in enumerate(items) if it.choices]
     plain = [i for i, it in enumerate(items) if not it.choices]
-    out = torch.zeros(len(items))
+    out, anchor = torch.zeros(len(items)), torch.zeros(len(items))
     if ranked:
         rows = [i for i in ranked for _ in items[i].choices]
         losses = choice_losses(base, runtime, [prompts[i] for i in ranked], [items[i].choices for i in ranked],
                                [items[i].label for i in ranked], factors_of(ranked), factors_of(rows),
                                max_target_tokens, bf16)
         out = out.index_put((torch.tensor(ranked),), losses)
+        chosen = [i for i in ranked if i in anchored]
+        if chosen:  # the ranking gives summed log-likelihoods only: the right choice's tokens need a pass
+            batch = encode_pairs(base, [prompts[i] for i in chosen], [items[i].target for i in chosen],
+                                 max_target_tokens)
+            logits, labels, token_rows = answer_logits(base, runtime, batch, factors_of(chosen), bf16)
+            anchor = anchor.index_put((torch.tensor(chosen),),
+                                      _kl_rows(base, runtime, batch, logits, labels, token_rows, bf16))
     if plain:
         batch = encode_pairs(base, [prompts[i] for i in plain], [items[i].target for i in plain], max_target_tokens)
-        out = out.index_put((torch.tensor(plain),), answer_losses(base, runtime, batch, factors_of(plain), bf16))
-    return out
+        logits, labels, token_rows = answer_logits(base, runtime, batch, factors_of(plain), bf16)
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        out = out.index_put((torch.tensor(plain),), _row_means(ce, token_rows, len(plain)))
+        keep = [j for j, i in enumerate(plain) if i in anchored]
+        if keep:
+            take = torch.isin(token_rows, torch.tensor(keep))
+            renumber = torch.full((len(plain),), -1, dtype=torch.long)
+            renumber[torch.tensor(keep)] = torch.arange(len(keep))
+            teacher = encode_pairs(base, [prompts[plain[j]] for j in keep], [items[plain[j]].target for j in keep],
+                                   max_target_tokens)
+            anchor = anchor.index_put((torch.tensor([plain[j] for j in keep]),), _kl_rows(
+                base, runtime, teacher, logits[take], labels[take], renumber[token_rows[take]], bf16))
+    return out, anchor
+
+
+def _kl_rows(base: Base, runtime: LoraRuntime, teacher: Batch, student_logits: Tensor, student_labels: Tensor,
+             rows: Tensor, bf16: bool) -> Tensor:
+    """Per row of `teacher`: KL(base on `teacher` || student) averaged over the answer tokens, given the
+    student's answer logits and each token's row (as `answer_logits` returns them)."""
+    with torch.no_grad():
+        t_logits, t_labels, _ = answer_logits(base, runtime, teacher, None, bf16)
+    if not torch.equal(t_labels, student_labels):
+        raise RuntimeError("teacher and student answers differ; encode both with the same targets")
+    kl = F.kl_div(F.log_softmax(student_logits, -1), F.log_softmax(t_logits, -1), log_target=True,
+                  reduction="none").sum(-1)
+    return _row_means(kl, rows, teacher.labels.shape[0])
 
 
 def distill_loss(base: Base, runtime: LoraRuntime, student: Batch, teacher: Batch, factors,
                  bf16: bool = False) -> Tensor:
     """KL(teacher || student) over the vocabulary at each answer token (teacher-forced on the answer)."""
-    with torch.no_grad():
-        t_logits, t_labels, _ = answer_logits(base, runtime, teacher, None, bf16)
     s_logits, s_labels, rows = answer_logits(base, runtime, student, factors, bf16)
-    if not torch.equal(t_labels, s_labels):
-        raise RuntimeError("teacher and student answers differ; encode both with the same targets")
-    kl = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True,
-                  reduction="none").sum(-1)
-    return _row_means(kl, rows, student.labels.shape[0]).mean()
+    return _kl_rows(base, runtime, teacher, s_logits, s_labels, rows, bf16).mean()
