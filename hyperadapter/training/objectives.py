@@ -153,12 +153,13 @@ def item_losses_and_anchor(base: Base, runtime: LoraRuntime, prompts: list[str],
         ce = F.cross_entropy(logits, labels, reduction="none")
         out = out.index_put((torch.tensor(plain),), _row_means(ce, token_rows, len(plain)))
         keep = [j for j, i in enumerate(plain) if i in anchored]
-        if keep:
-            take = torch.isin(token_rows, torch.tensor(keep))
+        if keep:  # the base's pass on those rows of the same batch (right-padded: trimmed to their width)
+            at = torch.tensor(keep)
+            width = int(batch.attention_mask[at].sum(1).max())
+            teacher = Batch(batch.input_ids[at, :width], batch.attention_mask[at, :width], batch.labels[at, :width])
+            take = torch.isin(token_rows, at)
             renumber = torch.full((len(plain),), -1, dtype=torch.long)
-            renumber[torch.tensor(keep)] = torch.arange(len(keep))
-            teacher = encode_pairs(base, [prompts[plain[j]] for j in keep], [items[plain[j]].target for j in keep],
-                                   max_target_tokens)
+            renumber[at] = torch.arange(len(keep))
             anchor = anchor.index_put((torch.tensor([plain[j] for j in keep]),), _kl_rows(
                 base, runtime, teacher, logits[take], labels[take], renumber[token_rows[take]], bf16))
     return out, anchor
