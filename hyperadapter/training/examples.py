@@ -10,7 +10,8 @@ everything. Demonstration sets are drawn from a task's examples in a few fixed v
 so their features can be cached like any other context's. So are a task description's variants
 (`task_variants`): with only ~160 training descriptions, a generator can tell them apart by their
 exact wording without reading what they ask; a description with some words dropped, its sentences
-reordered, or one solved example appended asks the same thing in other words.
+reordered, or one solved example appended asks the same thing in other words. Generated tasks
+(data.synthetic) can stand in for a share of the task and demonstrations contexts.
 """
 
 from __future__ import annotations
@@ -52,8 +53,13 @@ def sample_choices(q: Query, rng: random.Random, k: int = MAX_CHOICES) -> tuple[
 class ExampleSampler:
     def __init__(self, records: dict[str, list[ContextRecord]], kind_weights: dict[str, float],
                  seed: int = 0, selfsup_share: float = 0.25, lead_space: tuple[str, ...] = (),
-                 unrelated_share: float = 0.0, unrelated_kinds: tuple[str, ...] = KINDS, task_variants: int = 1):
+                 unrelated_share: float = 0.0, unrelated_kinds: tuple[str, ...] = KINDS, task_variants: int = 1,
+                 synthetic: dict[str, list[ContextRecord]] | None = None, synthetic_share: float = 0.0):
         self.records = {k: v for k, v in records.items() if v and kind_weights.get(k, 0) > 0}
+        # generated tasks (data.synthetic) per kind, drawn instead of a real record with synthetic_share
+        self.synthetic = {k: v for k, v in (synthetic or {}).items() if v and k in self.records}
+        self.synthetic_ids = {r.id for v in self.synthetic.values() for r in v}
+        self.synthetic_share = synthetic_share
         if not self.records:
             raise ValueError("no training records for any kind with a positive weight")
         self.kinds = sorted(self.records)
@@ -71,9 +77,16 @@ class ExampleSampler:
     def sample(self, n_contexts: int, queries_per_context: int) -> list[Example]:
         out: list[Example] = []
         for kind in self.rng.choices(self.kinds, self.weights, k=n_contexts):
-            record = self.rng.choice(self.records[kind])
+            record = self.rng.choice(self._pool(kind, synthetic=self._draw_synthetic(kind)))
             out.extend(self._maybe_unrelated(e, record) for e in self.examples_for(record, queries_per_context))
         return out
+
+    def _draw_synthetic(self, kind: str) -> bool:
+        # no draw without synthetic tasks: earlier recipes' batches stay what they were
+        return self.synthetic_share > 0 and bool(self.synthetic.get(kind)) and self.rng.random() < self.synthetic_share
+
+    def _pool(self, kind: str, synthetic: bool) -> list[ContextRecord]:
+        return self.synthetic[kind] if synthetic else self.records.get(kind, [])
 
     def _maybe_unrelated(self, example: Example, record: ContextRecord) -> Example:
         """With probability unrelated_share, the same context with a query of another task, trained
@@ -96,7 +109,8 @@ class ExampleSampler:
             if e.kind not in kinds or e.objective == "unrelated":
                 continue
             own = e.context_key.split("#")[0]
-            others = [r for r in self.records.get(e.kind, []) if r.id != own]
+            # a wrong context from the same pool: a generated task against another generated one
+            others = [r for r in self._pool(e.kind, own in self.synthetic_ids) if r.id != own]
             if not others:
                 continue
             key, context = self._draw_context(self.rng.choice(others))

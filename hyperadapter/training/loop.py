@@ -26,8 +26,10 @@ from tqdm import tqdm
 
 from hyperadapter.base import load_base
 from hyperadapter.config import load_settings
+from hyperadapter.data.builders import demonstrations
 from hyperadapter.data.prompts import context_prompt, query_prompt
 from hyperadapter.data.schema import KINDS, load_split
+from hyperadapter.data.synthetic import sentences_of, synthetic_tasks
 from hyperadapter.embedding import SentenceEncoder
 from hyperadapter.generator import Generator
 from hyperadapter.generator.config import KIND_IDS
@@ -109,7 +111,8 @@ class Trainer:
                                       selfsup_share=recipe.selfsup_share, lead_space=tuple(recipe.lead_space),
                                       unrelated_share=recipe.unrelated_share,
                                       unrelated_kinds=tuple(recipe.unrelated_kinds),
-                                      task_variants=recipe.task_variants)
+                                      task_variants=recipe.task_variants,
+                                      synthetic=self._synthetic(train), synthetic_share=recipe.synthetic_share)
         val = {k: load_split(data_dir, "validation", k) for k in train}
         self.val_examples = self._fixed_examples(val)
         self.cache = FeatureCache(self.generator, recipe.feature_cache_items)
@@ -119,6 +122,15 @@ class Trainer:
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
             self.generator.hypernet, self.optimizer, self.scheduler)
         self.step = 0
+
+    def _synthetic(self, train: dict[str, list]) -> dict[str, list]:
+        """Generated tasks and their demonstrations (data.synthetic), inputs from training documents."""
+        r = self.recipe
+        if r.synthetic_tasks <= 0 or r.synthetic_share <= 0:
+            return {}
+        documents = train.get("document") or load_split(self.data_dir, "train", "document")
+        tasks = synthetic_tasks(r.synthetic_tasks, sentences_of(documents), seed=r.seed)
+        return {"task": tasks, "demonstrations": list(demonstrations(tasks, r.seed))}
 
     def _lr_factor(self, step: int) -> float:
         r = self.recipe

@@ -53,6 +53,11 @@ class Recipe:
     # Fixed rewordings per task description drawn in training (1: the description only; see
     # training.examples): against a generator that tells its training tasks apart by wording alone.
     task_variants: int = 1
+    # Procedurally generated task descriptions (data.synthetic) added to training, with their
+    # demonstrations; a task or demonstrations context is one of them with probability
+    # `synthetic_share`. More distinct descriptions than the 161 of the training split.
+    synthetic_tasks: int = 0
+    synthetic_share: float = 0.0
     distill_weight: float = 0.0
     distill_every: int = 4
     # Anchor: KL(base || adapted) at the answer tokens of queries of these kinds (for multiple choice,
