@@ -57,6 +57,24 @@ def test_save_load_round_trip(base, sentence_encoder, tmp_path):
         Generator.from_pretrained(tmp_path, base, sentence_encoder)
 
 
+def test_adapters_of_one_batch_own_their_tensors_and_save_as_peft_files(base, sentence_encoder, tmp_path):
+    """An adapter's layers are views into one buffer per module of its own: nothing shared with the
+    batch's other adapters, and safetensors writes it (it refuses tensors that overlap)."""
+    from hyperadapter.adapter import Adapter
+    g = Generator.fresh(base, sentence_encoder, seed=4)
+    _perturb(g)
+    first, second = g.generate_many([("task", "Sort the words."), ("document", "The keeper is named Ada.")])
+    storages = [{t.untyped_storage().data_ptr() for pair in ad.weights.values() for t in pair} for ad in (first, second)]
+    assert not storages[0] & storages[1] and len(storages[0]) == 2 * len(first.target_modules)
+    assert all(a.dtype == torch.float16 and a.is_contiguous() and b.is_contiguous() for a, b in first.weights.values())
+    loaded = Adapter.load(first.save(tmp_path / "first"))
+    assert all(torch.equal(loaded.weights[m][0], a) and torch.equal(loaded.weights[m][1], b)
+               for m, (a, b) in first.weights.items())
+    alone = g.generate_adapter("The keeper is named Ada.", "document")
+    assert all(torch.allclose(alone.weights[m][1].float(), b.float(), rtol=1e-2, atol=1e-3)
+               for m, (_, b) in second.weights.items())
+
+
 def test_inference_shortcuts_give_the_same_adapter_and_follow_weight_changes(base, sentence_encoder, monkeypatch):
     """Prepacked bf16 linears and the remembered query projections are pure speed: the adapter is
     bit for bit the one the plain path makes, and a weight changed in place (as an optimizer step
