@@ -10,6 +10,10 @@ task by reading its description, and the generator sees hundreds of them.
 
 Inputs are sentences of the training split's documents, so nothing held out is used. These tasks
 are for training only: they are never written to the prepared data and never evaluated.
+
+Result (model card, stage 9): with 600 of them in half of the task contexts, the generator learned
+their families but not to read a new description, and real unseen tasks did not improve. The recipe
+keys (`synthetic_tasks`, `synthetic_share`) stay, off by default, for larger bases and longer runs.
 """
 
 from __future__ import annotations
