@@ -342,6 +342,31 @@ def test_anchor_is_the_kl_from_the_base_and_zero_for_a_fresh_generator(tmp_path)
         assert "anchor" not in trainer.losses(examples, False)  # validation scores answers only
 
 
+def test_unrelated_queries_can_be_trained_by_the_anchor_alone(tmp_path):
+    """With anchor_unrelated, a locality query (another task's query under a chat's adapter) leaves
+    the answer loss and is pulled toward the base's own answer instead."""
+    from hyperadapter.training.loop import Trainer
+    from hyperadapter.training.recipe import Recipe
+    write_tiny_data(tmp_path / "data")
+    trainer = Trainer(Recipe(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), contexts_per_batch=4,
+                             queries_per_context=1, eval_batches=1, kind_weights={"task": 1.0, "conversation": 1.0},
+                             unrelated_share=1.0, unrelated_kinds=["conversation"], anchor_weight=0.5,
+                             anchor_kinds=["task"], anchor_unrelated=True, bf16=False))
+    _perturb(trainer.generator)
+    examples = trainer.sampler.sample(12, 1)
+    own = [e for e in examples if e.objective != "unrelated"]
+    assert own and len(own) < len(examples) and all(e.kind == "conversation" for e in examples if e not in own)
+    with torch.no_grad():
+        on = trainer.losses(examples, False)
+        alone = trainer.losses(own, False)
+        trainer.recipe.anchor_unrelated = False
+        off = trainer.losses(examples, False)
+    assert float(on["answer"]) == pytest.approx(float(alone["answer"]), rel=1e-4)
+    assert float(off["answer"]) != pytest.approx(float(on["answer"]), rel=1e-3)
+    # the unrelated queries' KL joins the anchor (each query weighs 1/len(examples) in both)
+    assert float(on["anchor"]) > float(off["anchor"]) + 1e-4
+
+
 def test_anchor_from_the_shared_answer_pass_equals_a_separate_kl(base, runtime):
     """item_losses_and_anchor reuses the adapted pass of a generation item's answer loss for its
     anchor: the same KL(base || adapted) as a separate distill_loss on that item alone, and the same

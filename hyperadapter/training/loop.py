@@ -123,6 +123,10 @@ class Trainer:
             self.generator.hypernet, self.optimizer, self.scheduler)
         self.step = 0
 
+    def _anchor_only(self, example: Example) -> bool:
+        """Whether `example` is trained by the anchor alone (Recipe.anchor_unrelated)."""
+        return self.recipe.anchor_unrelated and example.objective == "unrelated"
+
     def _synthetic(self, train: dict[str, list]) -> dict[str, list]:
         """Generated tasks and their demonstrations (data.synthetic), inputs from training documents."""
         r = self.recipe
@@ -194,8 +198,8 @@ class Trainer:
                 return {m: (a[at], b[at]) for m, (a, b) in runtime_factors.items()}
 
             # the anchor: the base without context is the teacher, on the group's own answers
-            anchored = [j for j, i in enumerate(rows) if anchor and i < n and examples[i].kind in r.anchor_kinds
-                        and examples[i].objective != "selfsup"]
+            anchored = [j for j, i in enumerate(rows) if anchor and i < n and examples[i].objective != "selfsup"
+                        and (examples[i].kind in r.anchor_kinds or self._anchor_only(examples[i]))]
             losses, anchor_kl = item_losses_and_anchor(
                 self.base, self.runtime, [prompts[i] for i in rows], [examples[i] for i in rows], factors_of,
                 r.max_target_tokens, r.bf16, anchored)
@@ -211,7 +215,9 @@ class Trainer:
                                        targets, r.max_target_tokens)
                 distill_total = distill_total + len(chosen) / n * distill_loss(
                     self.base, self.runtime, student, teacher, factors_of(answer_rows), r.bf16)
-        out = {"answer": per_item[:n].mean()}
+        # queries trained by the anchor alone do not count toward the answer loss
+        keep = torch.tensor([0.0 if self._anchor_only(e) and anchor else 1.0 for e in examples[:n]])
+        out = {"answer": (per_item[:n] * keep).sum() / keep.sum().clamp(min=1.0)}
         out["total"] = out["answer"]
         if distill:
             out["distill"] = distill_total

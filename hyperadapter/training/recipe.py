@@ -67,6 +67,12 @@ class Recipe:
     # generation task). The anchor makes an adapter pay for every change to the base's answer
     # distribution that its answers do not need.
     anchor_weight: float = 0.0
+    # Locality by the anchor: the unrelated queries (unrelated_share) are trained by KL(base || adapted)
+    # at their answer tokens instead of by another task's gold answer. Gold answers teach a
+    # document's or a chat's adapter to do other tasks, and ranked Yes/No answers teach it to reply
+    # a bare "Yes." to anything (11.5% of replies under an unrelated adapter on test); what locality
+    # asks is the base's own answer.
+    anchor_unrelated: bool = False
     anchor_kinds: list[str] = field(default_factory=lambda: ["task", "demonstrations"])
     # generator architecture (GeneratorConfig fields)
     generator: dict = field(default_factory=dict)
