@@ -26,6 +26,11 @@ MAX_EXAMPLES = 600  # per task: queries + support
 DEMOS = 4
 
 
+def split_sentences(text: str) -> list[str]:
+    """A text's sentences: split after ., ! or ? followed by whitespace."""
+    return re.split(r"(?<=[.!?])\s+", text.strip())
+
+
 def _clean(text: str) -> str:
     return re.sub(r"[ \t]+", " ", text).strip()
 

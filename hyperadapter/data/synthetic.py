@@ -19,9 +19,9 @@ keys (`synthetic_tasks`, `synthetic_share`) stay, off by default, for larger bas
 from __future__ import annotations
 
 import random
-import re
 from typing import Callable
 
+from hyperadapter.data.builders import split_sentences
 from hyperadapter.data.schema import ContextRecord, Query
 
 QUERIES_PER_TASK = 40
@@ -39,7 +39,8 @@ Condition = tuple[str, Callable[[str], bool]]
 
 
 def _words(sentence: str) -> list[str]:
-    return [w.strip(".,;:!?\"'()") for w in sentence.split() if w.strip(".,;:!?\"'()")]
+    """The sentence's words without surrounding punctuation."""
+    return [w for w in (w.strip(".,;:!?\"'()") for w in sentence.split()) if w]
 
 
 def _conditions(rng: random.Random) -> list[Condition]:
@@ -125,10 +126,9 @@ def synthetic_tasks(n: int, sentences: list[str], seed: int = 0) -> list[Context
     rng = random.Random(f"synthetic:{seed}")
     out: list[ContextRecord] = []
     seen: set[str] = set()
-    attempts = 0
+    attempts = labels = 0
     while len(out) < n and attempts < 20 * n:
         attempts += 1
-        labels = sum(r.metric == "choice" for r in out)
         if labels < LABEL_SHARE * n and (rng.random() < LABEL_SHARE or len(out) - labels >= n - LABEL_SHARE * n):
             made = _label_task(rng, sentences)
             if made is None:
@@ -146,6 +146,7 @@ def synthetic_tasks(n: int, sentences: list[str], seed: int = 0) -> list[Context
         if description in seen or len(queries) < QUERIES_PER_TASK // 2:
             continue
         seen.add(description)
+        labels += metric == "choice"
         rng.shuffle(queries)
         half = len(queries) // 2
         out.append(ContextRecord(id=f"syn/{len(out)}", kind="task", group=f"syn:{len(out)}", source="synthetic",
@@ -158,7 +159,7 @@ def sentences_of(documents: list[ContextRecord], min_words: int = 5, max_words: 
     """Plain sentences of the given documents, for synthetic task inputs."""
     out: list[str] = []
     for record in documents:
-        for s in re.split(r"(?<=[.!?])\s+", record.context.strip()):
+        for s in split_sentences(record.context):
             if min_words <= len(s.split()) <= max_words and s.isascii():
                 out.append(s)
                 if len(out) >= limit:

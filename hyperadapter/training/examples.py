@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from hyperadapter.data.builders import DEMOS, format_demonstrations, short_examples
+from hyperadapter.data.builders import DEMOS, format_demonstrations, short_examples, split_sentences
 from hyperadapter.data.schema import KINDS, ContextRecord, Query
 
 DEMO_VARIANTS = 8
@@ -172,7 +171,7 @@ class ExampleSampler:
         if variant == 0:
             return record.id, record.context
         rng = random.Random(f"{record.id}:wording:{variant}")
-        sentences = re.split(r"(?<=[.!?])\s+", record.context.strip())
+        sentences = split_sentences(record.context)
         if len(sentences) > 1 and rng.random() < 0.5:
             rng.shuffle(sentences)
         words = " ".join(sentences).split(" ")
