@@ -3,6 +3,7 @@ two-process `accelerate launch --cpu` run of a tiny recipe on tiny data made her
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -365,6 +366,32 @@ def test_unrelated_queries_can_be_trained_by_the_anchor_alone(tmp_path):
     assert float(off["answer"]) != pytest.approx(float(on["answer"]), rel=1e-3)
     # the unrelated queries' KL joins the anchor (each query weighs 1/len(examples) in both)
     assert float(on["anchor"]) > float(off["anchor"]) + 1e-4
+
+
+def test_distillation_reaches_only_supervised_answers_of_its_kinds(tmp_path):
+    """Context distillation (Recipe.distill_kinds) takes the supervised answers of its kinds only: a
+    batch without such answers distils nothing, a document chunk's continuation (a copy for a teacher
+    that reads the chunk) is left out, and a supervised document answer is distilled."""
+    from hyperadapter.training.loop import Trainer
+    from hyperadapter.training.recipe import Recipe
+    write_tiny_data(tmp_path / "data")
+    trainer = Trainer(Recipe(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), contexts_per_batch=4,
+                             queries_per_context=1, eval_batches=1, kind_weights={"task": 1.0, "document": 1.0},
+                             selfsup_share=0.5, distill_weight=1.0, distill_kinds=["document"], bf16=False))
+    _perturb(trainer.generator)
+    examples = trainer.sampler.sample(16, 1)
+    distilled = [e for e in examples if e.kind == "document" and e.objective == "supervised"]
+    # the tiny documents are too short to be cut into a chunk and its continuation: made by hand
+    continuation = dataclasses.replace(distilled[0], input="The keeper of lighthouse", target=" 0 is named")
+    continuation = dataclasses.replace(continuation, objective="selfsup")
+    rest = [e for e in examples if e not in distilled] + [continuation]
+    assert distilled and any(e.kind == "task" and e.objective == "supervised" for e in rest)
+    with torch.no_grad():
+        assert float(trainer.losses(rest, True)["distill"]) == 0.0
+        mixed = float(trainer.losses(examples, True)["distill"])
+        assert mixed > 0.0
+        trainer.recipe.distill_kinds = ["task"]
+        assert float(trainer.losses(examples, True)["distill"]) != pytest.approx(mixed, rel=1e-3)
 
 
 def test_anchor_from_the_shared_answer_pass_equals_a_separate_kl(base, runtime):

@@ -205,7 +205,10 @@ class Trainer:
                 r.max_target_tokens, r.bf16, anchored)
             per_item = per_item.index_put((torch.tensor(rows),), losses)
             anchor_total = anchor_total + anchor_kl.sum() / n
-            answer_rows = [j for j, i in enumerate(rows) if not examples[i].choices and i < n]
+            # distilled: supervised answers only (a continuation of a chunk the teacher reads in its
+            # prompt is a copy, and a locality query is no question about the context)
+            answer_rows = [j for j, i in enumerate(rows) if i < n and examples[i].objective == "supervised"
+                           and examples[i].kind in r.distill_kinds]
             if distill and answer_rows:
                 chosen = [rows[j] for j in answer_rows]
                 targets = [examples[i].target for i in chosen]
