@@ -377,15 +377,16 @@ def test_distillation_reaches_only_supervised_answers_of_its_kinds(tmp_path):
     write_tiny_data(tmp_path / "data")
     trainer = Trainer(Recipe(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), contexts_per_batch=4,
                              queries_per_context=1, eval_batches=1, kind_weights={"task": 1.0, "document": 1.0},
-                             selfsup_share=0.5, distill_weight=1.0, distill_kinds=["document"], bf16=False))
+                             distill_weight=1.0, distill_kinds=["document"], bf16=False))
     _perturb(trainer.generator)
     examples = trainer.sampler.sample(16, 1)
     distilled = [e for e in examples if e.kind == "document" and e.objective == "supervised"]
+    assert distilled
     # the tiny documents are too short to be cut into a chunk and its continuation: made by hand
-    continuation = dataclasses.replace(distilled[0], input="The keeper of lighthouse", target=" 0 is named")
-    continuation = dataclasses.replace(continuation, objective="selfsup")
+    continuation = dataclasses.replace(distilled[0], input="The keeper of lighthouse", target=" 0 is named",
+                                       objective="selfsup")
     rest = [e for e in examples if e not in distilled] + [continuation]
-    assert distilled and any(e.kind == "task" and e.objective == "supervised" for e in rest)
+    assert any(e.kind == "task" and e.objective == "supervised" for e in rest)
     with torch.no_grad():
         assert float(trainer.losses(rest, True)["distill"]) == 0.0
         mixed = float(trainer.losses(examples, True)["distill"])
