@@ -172,6 +172,31 @@ def test_one_training_step_lowers_the_loss_on_a_fixed_batch(tmp_path):
     assert after < before - 0.05, (before, after)
 
 
+def test_a_continued_run_may_read_a_shallower_layer_but_not_change_the_architecture(tmp_path, base, sentence_encoder):
+    from hyperadapter.training.loop import Trainer
+    from hyperadapter.training.recipe import Recipe
+    write_tiny_data(tmp_path / "data")
+    checkpoint = _perturb(Generator.fresh(base, sentence_encoder, seed=2)).save_pretrained(tmp_path / "gen")
+    common = dict(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), init_from=str(checkpoint),
+                  contexts_per_batch=2, queries_per_context=1, eval_batches=1)
+    # rank is the checkpoint's own: allowed; the feature layer changes what the generator reads
+    trainer = Trainer(Recipe(**common, generator={"feature_layer": 4, "rank": 8}))
+    shallow = trainer.generator
+    assert shallow.config.feature_layer == 4 and shallow.features.layer == 4
+    deep = Generator.from_pretrained(checkpoint, base, sentence_encoder)
+    assert deep.config.feature_layer == 8
+    m = next(iter(deep.generate_adapter("My dog is called Rex.", "conversation").weights))
+    a = deep.generate_adapter("My dog is called Rex.", "conversation").weights[m][0]
+    b = shallow.generate_adapter("My dog is called Rex.", "conversation").weights[m][0]
+    assert not torch.allclose(a, b)
+    shallow.save_pretrained(tmp_path / "saved")  # and it is saved with the layer it was trained on
+    assert Generator.from_pretrained(tmp_path / "saved", base, sentence_encoder).config.feature_layer == 4
+    with pytest.raises(ValueError, match="rank"):
+        Trainer(Recipe(**common, generator={"rank": 4}))
+    with pytest.raises(GeneratorError, match="outside"):
+        shallow.read_from_layer(99)
+
+
 def test_lead_space_makes_answer_tokens_the_contexts_own(base, tmp_path):
     """A name at the start of a reply tokenizes unlike the same name in a text; with the recipe's
     lead space the answer's tokens are tokens of the context (what the copy head can emit)."""

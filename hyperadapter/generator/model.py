@@ -127,6 +127,14 @@ class Generator:
         digest = hashlib.sha256((directory / WEIGHTS).read_bytes()).hexdigest()[:12]
         return cls(config, hypernet, base, sentence_encoder, name=f"{directory.name}@{digest}")
 
+    def read_from_layer(self, layer: int) -> None:
+        """Read context features from the base's `layer` instead (no parameter changes shape, so a
+        trained generator can be continued on shallower, cheaper features: training.loop)."""
+        if not 1 <= layer <= self.base.num_layers:
+            raise GeneratorError(f"feature layer {layer} is outside the base's 1..{self.base.num_layers}")
+        self.config.feature_layer = layer
+        self.features = TokenFeatures(self.base, layer)
+
     # ------------------------------------------------------------ tokens and features
     def segment_tokens(self, segment: str) -> list[int]:
         return self.base.tokenizer(segment, add_special_tokens=False)["input_ids"]

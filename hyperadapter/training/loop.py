@@ -82,6 +82,11 @@ def _pad_features(features: list[tuple[torch.Tensor, torch.Tensor]], embed) -> t
     return feats, mask, embed(ids)
 
 
+# [generator] keys a run that continues a checkpoint (init_from) may change: neither changes a
+# parameter's shape. Any other key that differs from the checkpoint's would be ignored: an error.
+CONTINUABLE = {"copy_scale", "feature_layer"}
+
+
 class Trainer:
     def __init__(self, recipe: Recipe):
         from accelerate import Accelerator
@@ -100,8 +105,16 @@ class Trainer:
         if recipe.init_from:
             self.generator = Generator.from_pretrained(recipe.init_from, self.base, encoder)
             self.generator.hypernet.requires_grad_(True)
+            config = self.generator.config
+            changed = sorted(k for k, v in recipe.generator.items()
+                             if k not in CONTINUABLE and getattr(config, k, object()) != v)
+            if changed:
+                raise ValueError(f"init_from keeps the checkpoint's architecture: [generator] may change only "
+                                 f"{', '.join(sorted(CONTINUABLE))} when continuing, not {', '.join(changed)}")
             if "copy_scale" in recipe.generator:  # continuing with a faster-learning copy gain
                 self.generator.hypernet.set_copy_scale(float(recipe.generator["copy_scale"]))
+            if "feature_layer" in recipe.generator:  # continuing on shallower (cheaper) features
+                self.generator.read_from_layer(int(recipe.generator["feature_layer"]))
         else:
             self.generator = Generator.fresh(self.base, encoder, seed=recipe.seed, **recipe.generator)
         self.data_dir = data_dir = Path(recipe.data_dir) if recipe.data_dir else settings.prepared_data_dir
