@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -138,15 +139,16 @@ class HyperNetwork(nn.Module):
         self.config.copy_scale = scale
 
     # ------------------------------------------------------------ attention over the context
-    def _frozen(self, name: str, compute, params=None):
+    def _frozen(self, name: str, compute, params: Sequence[Tensor]):
         """`compute()`, remembered while no gradient is recorded: what depends on the weights alone
         (the queries and their projections, a packed copy of a layer) is the same for every context,
-        and recomputing it was ~3 ms of a ~30 ms one-sentence adapter. Keyed on the storage and
-        in-place versions of `params` (default: all; an optimizer step or load_state_dict bumps
-        them) and on autocast, so a changed weight is never served stale."""
+        and recomputing it was ~3 ms of a ~30 ms one-sentence adapter. Keyed on autocast and on the
+        storage and in-place version of each of `params`, the weights `compute` reads (an optimizer
+        step or load_state_dict bumps a version; a new Parameter has new storage), so a changed
+        weight is never served stale. They are named, not found by `self.parameters()`: walking the
+        module tree on every call was ~1.5 ms of a one-sentence adapter."""
         if torch.is_grad_enabled():
             return compute()
-        params = self.parameters() if params is None else params
         key = (torch.is_autocast_enabled("cpu"), *((p.data_ptr(), p._version) for p in params))
         cache = self.__dict__.setdefault("_frozen_cache", {})
         if name not in cache or cache[name][0] != key:
@@ -160,20 +162,24 @@ class HyperNetwork(nn.Module):
         if (torch.is_grad_enabled() or not torch.is_autocast_enabled("cpu")
                 or torch.get_autocast_dtype("cpu") != torch.bfloat16 or not can_pack()):
             return layer(x)
-        return self._frozen(f"packed:{id(layer)}", lambda: PackedLinear(layer), layer.parameters())(x)
+        params = (layer.weight,) if layer.bias is None else (layer.weight, layer.bias)
+        return self._frozen(f"packed:{id(layer)}", lambda: PackedLinear(layer), params)(x)
 
     def queries(self) -> Tensor:
         def compute() -> Tensor:
             q = self.layer_emb + self.module_emb + self.slot_emb + self.query_free  # [L, M, r, d]
             return q.reshape(self.n_queries, -1)
-        return self._frozen("queries", compute)
+        return self._frozen("queries", compute, self._query_params())
+
+    def _query_params(self) -> tuple[Tensor, ...]:
+        return self.layer_emb, self.module_emb, self.slot_emb, self.query_free
 
     def _projected_queries(self) -> tuple[Tensor, Tensor]:
         """The queries' attention heads [N, h, dh] and copy-head queries [N, copy_dim]."""
         def compute() -> tuple[Tensor, Tensor]:
             queries = self.queries()
             return self._heads(self.to_q(queries)), self.copy_q(queries)
-        return self._frozen("projected", compute)
+        return self._frozen("projected", compute, (*self._query_params(), self.to_q.weight, self.copy_q.weight))
 
     def _heads(self, x: Tensor) -> Tensor:
         return x.reshape(*x.shape[:-1], self.h, self.dh)
@@ -184,7 +190,8 @@ class HyperNetwork(nn.Module):
             q, copy_q = self._projected_queries()
             score = (q * self._heads(self.null_k)).sum(-1) / math.sqrt(self.dh)  # [N, h]
             return score, copy_q @ self.copy_null_k / math.sqrt(self.config.copy_dim)  # [N]
-        score, copy_score = self._frozen("null_scores", compute)
+        score, copy_score = self._frozen("null_scores", compute, (
+            *self._query_params(), self.to_q.weight, self.copy_q.weight, self.null_k, self.copy_null_k))
         n, hidden = self.n_queries, self.config.hidden_size
         return AttentionState(max=score.expand(batch, n, self.h).clone(),
                               norm=torch.ones(batch, n, self.h, dtype=score.dtype),
