@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +31,9 @@ from hyperadapter.generator.encoder import TokenFeatures
 from hyperadapter.generator.hypernet import AttentionState, HyperNetwork
 
 WEIGHTS = "generator.safetensors"
+# One side thread for the sentence encoder, shared by all generators (the encoder serialises its
+# calls anyway). See generate_many.
+_SIDE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sentence-encoder")
 # Contexts per hypernetwork pass at inference. Its attention scores and outputs are [contexts, 720
 # slots, ...]: a few contexts at a time stay in the CPU's caches, where 32 at once spilled to memory
 # and ran slower per context than one at a time (benchmarks/batch.py). The base pass stays batched.
@@ -202,8 +206,9 @@ class Generator:
         for s in segments:
             tokens += self.segment_tokens(s)
         full, tail = self._chunks(tokens)
+        pending = _SIDE.submit(self._sentence, segments)  # beside the feature pass, as in generate_many
         committed = self._absorb_chunks(stream.committed, [full])
-        sent, weight = self._sentence(segments)
+        sent, weight = pending.result()
         return ContextStream(kind=stream.kind, committed=committed.detach(), tail=tail,
                              sentence_sum=stream.sentence_sum + sent, sentence_weight=stream.sentence_weight + weight,
                              n_tokens=stream.n_tokens + len(tokens) - len(stream.tail),
@@ -267,17 +272,12 @@ class Generator:
             all_chunks.append(full + ([tail] if tail else []))
             sentence_inputs.append(segs)
             streams.append(kind)
-        per_row = self._token_features(all_chunks)
-        sentence = torch.zeros(len(items), self.config.sentence_dim)
-        if self.sentence_encoder is not None and self.config.use_sentence:
-            flat = [s for segs in sentence_inputs for s in segs]
-            vecs = self.sentence_encoder.encode(flat)
-            i = 0
-            for row, segs in enumerate(sentence_inputs):
-                w = torch.tensor([float(max(1, len(s))) for s in segs])
-                sentence[row] = (vecs[i:i + len(segs)] * w[:, None]).sum(0) / w.sum()
-                i += len(segs)
-            sentence = torch.nn.functional.normalize(sentence, dim=-1)
+        # The sentence encoder and the base's feature pass are independent: the encoder runs on a
+        # side thread meanwhile (torch releases the GIL in its kernels). For a one-sentence context
+        # both are mostly per-op overhead and weight reads that leave the other core idle.
+        pending = _SIDE.submit(self._sentence_rows, sentence_inputs)
+        per_row = self._token_features(all_chunks)  # should this raise, the side job just ends unread
+        sentence = pending.result()
         metadatas = list(metadatas or [{}] * len(items))
         out = []
         for g in range(0, len(items), GROUP):  # a few contexts at a time from here on (see GROUP)
@@ -288,6 +288,20 @@ class Generator:
         return out
 
     # ------------------------------------------------------------ helpers
+    def _sentence_rows(self, segments_per_row: list[list[str]]) -> Tensor:
+        """Per row, the unit mean of its segments' sentence embeddings, weighted by length (zeros
+        when the generator does not use them)."""
+        sentence = torch.zeros(len(segments_per_row), self.config.sentence_dim)
+        if self.sentence_encoder is None or not self.config.use_sentence:
+            return sentence
+        vecs = self.sentence_encoder.encode([s for segs in segments_per_row for s in segs])
+        i = 0
+        for row, segs in enumerate(segments_per_row):
+            w = torch.tensor([float(max(1, len(s))) for s in segs])
+            sentence[row] = (vecs[i:i + len(segs)] * w[:, None]).sum(0) / w.sum()
+            i += len(segs)
+        return torch.nn.functional.normalize(sentence, dim=-1)
+
     def _to_adapter(self, factors: dict[str, tuple[Tensor, Tensor]], row: int, metadata: dict) -> Adapter:
         """One row of the factors as an Adapter that owns its tensors: per module one contiguous
         ADAPTER_DTYPE copy of all layers (cast, transpose and copy in one op), each layer a view into
