@@ -1,13 +1,15 @@
 """How long it takes to get an adapter: the generator vs fine-tuning a LoRA of the same shape.
 
 Measured side by side in one run on this machine:
-  - p50/p90 generator latency from a one-sentence task description and from a ~2,000-token document,
-    each run a new text; also with the text's sentence embedding already computed, as it is when the
-    generator runs behind the cache (the lookup embeds the context, the generator reuses it);
+  - p50/p90 generator latency from a one-sentence task description (of varied lengths) and from a
+    ~2,000-token document, each run a new text; also with the text's sentence embedding already
+    computed, as it is when the generator runs behind the cache (the lookup embeds the context, the
+    generator reuses it);
   - wall time to fine-tune a LoRA (same modules, same rank) to the same task (on its labelled examples)
     and to the same document (self-supervised continuation of its text), at the step counts below;
   - the ratio.
-Run: .venv/bin/python benchmarks/generate_latency.py [--runs 20] [--lora-steps 80] [--generator DIR]
+Run: .venv/bin/python benchmarks/generate_latency.py [--runs 20] [--lora-steps 80] [--generator DIR ...]
+(several --generator: timed side by side, turn by turn, with their ratios)
 """
 
 from __future__ import annotations
@@ -30,20 +32,35 @@ from hyperadapter.generator import Generator  # noqa: E402
 from hyperadapter.runtime import LoraRuntime  # noqa: E402
 from hyperadapter.training.lora import train_lora  # noqa: E402
 
-DESCRIPTION = "Classify the sentiment of the given movie review as positive or negative."
+# One-sentence task descriptions of the lengths users write (9 to 37 tokens); run i takes the i-th in
+# turn, so the runs see varied input widths as real traffic does, not one width over and over.
+DESCRIPTIONS = [
+    "Classify the sentiment of the given movie review as positive or negative.",
+    "Translate the sentence into French.",
+    "Answer the arithmetic question with a single number.",
+    "Given a product review, say whether the customer would buy the product again: answer yes or no.",
+    "Extract the name of the city mentioned in the text.",
+    "Rewrite the given sentence in the passive voice, keeping its tense and meaning, and do not add any words "
+    "that change what it says.",
+    "Say which of the two statements is true.",
+    "Summarise the paragraph in one short sentence that a child could understand.",
+]
 
 
-def timed(fn, runs: int, before=None) -> list[float]:
-    """Seconds of `fn(i)` for runs i = 1..runs (after one warm-up); `before(i)`, if given, runs first
-    and is not timed (the cache's key encode, which the generator then reuses)."""
-    fn(0)
-    out = []
+def timed(fns, runs: int, before=None) -> list[list[float]]:
+    """Seconds of `fns[k](i)` for runs i = 1..runs (after one warm-up each), the functions taking
+    turns run by run so that the machine's drift falls on all of them alike. `before(k, i)`, if
+    given, runs first and is not timed (the cache's key encode, which the generator then reuses)."""
+    for fn in fns:
+        fn(0)
+    out = [[] for _ in fns]
     for i in range(1, runs + 1):
-        if before is not None:
-            before(i)
-        start = time.perf_counter()
-        fn(i)
-        out.append(time.perf_counter() - start)
+        for k, fn in enumerate(fns):
+            if before is not None:
+                before(k, i)
+            start = time.perf_counter()
+            fn(i)
+            out[k].append(time.perf_counter() - start)
     return out
 
 
@@ -81,19 +98,18 @@ def continuation_pairs(text: str, n: int = 64) -> list[tuple[str, str]]:
 @torch.no_grad()
 def short_stages(generator, describe, runs: int) -> dict[str, list[float]]:
     """Where a one-sentence adapter's time goes, stage by stage (each timed alone, new texts)."""
-    offset = 10_000
-    text = lambda i: describe(offset + i)  # noqa: E731
-    tokens = lambda i: generator.segment_tokens(text(i))  # noqa: E731
+    tokens = lambda i: generator.segment_tokens(describe(i))  # noqa: E731
     features = generator._token_features([[tokens(0)]])
     state = generator._absorb_rows(generator.hypernet.init_state(1), features)
-    sentence = generator.sentence_encoder.encode([text(0)])
+    sentence = generator.sentence_encoder.encode([describe(0)])
+    layers = generator.config.feature_layer
     return {
-        "sentence encoder (the cache key)": timed(lambda i: generator.sentence_encoder.encode([text(i)]), runs),
-        "base feature pass (8 layers)": timed(lambda i: generator._token_features([[tokens(i)]]), runs),
+        "sentence encoder (the cache key)": timed([lambda i: generator.sentence_encoder.encode([describe(i)])], runs)[0],
+        f"base feature pass ({layers} layers)": timed([lambda i: generator._token_features([[tokens(i)]])], runs)[0],
         "hypernetwork attention over the tokens": timed(
-            lambda i: generator._absorb_rows(generator.hypernet.init_state(1), features), runs),
+            [lambda i: generator._absorb_rows(generator.hypernet.init_state(1), features)], runs)[0],
         "hypernetwork heads -> adapter tensors": timed(
-            lambda i: generator._group_adapters(state, sentence, ["task"], [{}]), runs),
+            [lambda i: generator._group_adapters(state, sentence, ["task"], [{}])], runs)[0],
     }
 
 
@@ -101,59 +117,77 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--lora-steps", type=int, default=80)
-    ap.add_argument("--generator", help="generator checkpoint (default: the shipped one)")
+    ap.add_argument("--generator", action="append",
+                    help="generator checkpoint (default: the shipped one); repeat it to time several side by side")
     args = ap.parse_args()
 
     settings = load_settings()
     base = load_base(settings.base_model, settings.models_dir)
     runtime = LoraRuntime(base)
-    generator = Generator.from_pretrained(args.generator or settings.generator, base, SentenceEncoder())
+    encoder = SentenceEncoder()
+    generators = [Generator.from_pretrained(d, base, encoder) for d in args.generator or [settings.generator]]
     document = long_document(settings, base.tokenizer)
     doc_tokens = len(base.tokenizer(document, add_special_tokens=False)["input_ids"])
 
-    # every run a context the generator has not seen (the sentence encoder remembers texts)
-    def describe(i):
-        return f"{DESCRIPTION} Example set {i}."
+    # every run a context no generator has seen (the sentence encoder, shared, remembers texts)
+    def describe(k, i):
+        return f"{DESCRIPTIONS[i % len(DESCRIPTIONS)]} Example set {k}.{i}."
 
-    def chapter(i):
-        return f"Chapter {i}.\n\n{document}"
+    def chapter(k, i):
+        return f"Chapter {k}.{i}.\n\n{document}"
 
-    encode = generator.sentence_encoder.encode
-    short = timed(lambda i: generator.generate_adapter(describe(i), "task"), args.runs)
-    short_keyed = timed(lambda i: generator.generate_adapter(describe(-i), "task"), args.runs,
-                        before=lambda i: encode([describe(-i)]))
-    stages = short_stages(generator, describe, args.runs)
+    def each(make):  # one function of the run number per generator
+        return [lambda i, g=g, k=k: make(g, k, i) for k, g in enumerate(generators)]
+
+    encode = encoder.encode
+    # steady state, as a serving process reaches: every width the runs below use has been seen once
+    # (the same texts but for the set number's first digit, so never remembered by the encoder)
+    for k, g in enumerate(generators):
+        for i in [*range(-args.runs, args.runs + 1), *range(10_000, 10_001 + args.runs)]:
+            g.generate_adapter(describe(k + 5, i), "task")
+    short = timed(each(lambda g, k, i: g.generate_adapter(describe(k, i), "task")), args.runs)
+    short_keyed = timed(each(lambda g, k, i: g.generate_adapter(describe(k, -i), "task")), args.runs,
+                        before=lambda k, i: encode([describe(k, -i)]))
+    stages = [short_stages(g, lambda i, k=k: describe(k, 10_000 + i), args.runs) for k, g in enumerate(generators)]
     runs = max(3, args.runs // 4)
-    doc = timed(lambda i: generator.generate_adapter(chapter(i), "document"), runs)
-    doc_keyed = timed(lambda i: generator.generate_adapter(chapter(-i), "document"), runs,
-                      before=lambda i: encode([chapter(-i)]))
-    modules = tuple(generator.config.module_names)
+    doc = timed(each(lambda g, k, i: g.generate_adapter(chapter(k, i), "document")), runs)
+    doc_keyed = timed(each(lambda g, k, i: g.generate_adapter(chapter(k, -i), "document")), runs,
+                      before=lambda k, i: encode([chapter(k, -i)]))
+    modules = tuple(generators[0].config.module_names)
     start = time.perf_counter()
-    train_lora(base, runtime, task_pairs(settings), steps=args.lora_steps, rank=generator.config.rank,
+    train_lora(base, runtime, task_pairs(settings), steps=args.lora_steps, rank=generators[0].config.rank,
                modules=modules)
     lora_task = time.perf_counter() - start
     start = time.perf_counter()
-    train_lora(base, runtime, continuation_pairs(document), steps=args.lora_steps, rank=generator.config.rank,
+    train_lora(base, runtime, continuation_pairs(document), steps=args.lora_steps, rank=generators[0].config.rank,
                modules=modules)
     lora_doc = time.perf_counter() - start
 
     def ms(xs):
         return f"{1000 * statistics.median(xs):8.1f} {1000 * sorted(xs)[int(0.9 * (len(xs) - 1))]:8.1f}"
 
-    print(f"\ngenerator {generator.name}; rank {generator.config.rank} on {', '.join(modules)}; "
-          f"torch threads {torch.get_num_threads()}\n")
-    print(f"{'context':48} {'p50 ms':>8} {'p90 ms':>8}   goal")
-    print(f"{'one-sentence description':48} {ms(short)}   <= 20 ms")
-    print(f"{'  the same, key already encoded by the cache':48} {ms(short_keyed)}")
-    for name, xs in stages.items():
-        print(f"{'    ' + name:48} {ms(xs)}")
-    print(f"{f'document ({doc_tokens} tokens)':48} {ms(doc)}   <= 1000 ms")
-    print(f"{'  the same, key already encoded by the cache':48} {ms(doc_keyed)}")
+    print(f"\nrank {generators[0].config.rank} on {', '.join(modules)}; torch threads {torch.get_num_threads()}")
+    for k, generator in enumerate(generators):
+        print(f"\ngenerator {generator.name} (features from layer {generator.config.feature_layer})\n")
+        print(f"{'context':48} {'p50 ms':>8} {'p90 ms':>8}   goal")
+        print(f"{'one-sentence description':48} {ms(short[k])}   <= 20 ms")
+        print(f"{'  the same, key already encoded by the cache':48} {ms(short_keyed[k])}")
+        for name, xs in stages[k].items():
+            print(f"{'    ' + name:48} {ms(xs)}")
+        print(f"{f'document ({doc_tokens} tokens)':48} {ms(doc[k])}   <= 1000 ms")
+        print(f"{'  the same, key already encoded by the cache':48} {ms(doc_keyed[k])}")
+    if len(generators) > 1:
+        print("\np50 against the first generator, measured turn by turn in this run:")
+        for k, generator in enumerate(generators[1:], 1):
+            print(f"  {generator.name}: one sentence x{statistics.median(short[k]) / statistics.median(short[0]):.2f}, "
+                  f"document x{statistics.median(doc[k]) / statistics.median(doc[0]):.2f}")
     print(f"\nfine-tuning a LoRA of the same shape ({args.lora_steps} steps, batch 8):")
-    print(f"  to the task (its labelled examples):      {lora_task:8.1f} s  -> generator is "
-          f"{lora_task / statistics.median(short):,.0f}x faster")
-    print(f"  to the document (continuation of its text): {lora_doc:8.1f} s  -> generator is "
-          f"{lora_doc / statistics.median(doc):,.0f}x faster")
+    for k, generator in enumerate(generators):
+        print(f"  {generator.name}:")
+        print(f"    to the task (its labelled examples):        {lora_task:8.1f} s  -> generator is "
+              f"{lora_task / statistics.median(short[k]):,.0f}x faster")
+        print(f"    to the document (continuation of its text): {lora_doc:8.1f} s  -> generator is "
+              f"{lora_doc / statistics.median(doc[k]):,.0f}x faster")
 
 
 if __name__ == "__main__":
