@@ -27,6 +27,7 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/mixed_batch.py
 	$(BIN)/python benchmarks/generate_latency.py
+	$(BIN)/python benchmarks/latency_ablation.py
 	$(BIN)/python benchmarks/cache.py
 	$(BIN)/python benchmarks/serve.py
 	$(BIN)/python benchmarks/batch.py

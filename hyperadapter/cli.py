@@ -211,7 +211,7 @@ def cmd_compare(args) -> int:
     return 0
 
 
-BENCHMARKS = ("mixed_batch", "generate_latency", "cache", "serve", "batch")
+BENCHMARKS = ("mixed_batch", "generate_latency", "latency_ablation", "cache", "serve", "batch")
 
 
 def cmd_bench(args) -> int:
