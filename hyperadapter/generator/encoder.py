@@ -38,7 +38,7 @@ def _bf16_linears(layers: nn.ModuleList) -> nn.ModuleList:
 
 def bucket(width: int, step: int = 16) -> int:
     """`width` rounded up to a multiple of `step`. oneDNN builds a kernel for every new input shape
-    (~1-3 ms here, several times the matmul itself) and keeps only the last 1,024: with a width per
+    (~1-3 ms for one linear here, several times its matmul) and keeps only the last 1,024: with a width per
     text length, real traffic of varied lengths keeps building them. Padded widths repeat."""
     return -(-width // step) * step
 

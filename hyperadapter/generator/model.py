@@ -46,6 +46,12 @@ ADAPTER_DTYPE = torch.float16
 CONFIG = "generator_config.json"
 
 
+def _weighted_sum(vectors: Tensor, segments: Sequence[str]) -> tuple[Tensor, float]:
+    """Segment embeddings summed with their lengths as weights, and the total weight."""
+    weights = torch.tensor([float(max(1, len(s))) for s in segments])
+    return (vectors * weights[:, None]).sum(0), float(weights.sum())
+
+
 class GeneratorError(ValueError):
     pass
 
@@ -147,9 +153,7 @@ class Generator:
         """Sum of segment embeddings weighted by length, and the total weight."""
         if self.sentence_encoder is None or not self.config.use_sentence or not segments:
             return torch.zeros(self.config.sentence_dim), 0.0
-        vectors = self.sentence_encoder.encode(list(segments))
-        weights = torch.tensor([float(max(1, len(s))) for s in segments])
-        return (vectors * weights[:, None]).sum(0), float(weights.sum())
+        return _weighted_sum(self.sentence_encoder.encode(list(segments)), segments)
 
     def _token_features(self, chunks_per_row: list[list[list[int]]]) -> list[tuple[Tensor, Tensor]] | None:
         """Per row, the features and input embeddings of its real tokens from all its chunks, side by
@@ -294,11 +298,11 @@ class Generator:
         sentence = torch.zeros(len(segments_per_row), self.config.sentence_dim)
         if self.sentence_encoder is None or not self.config.use_sentence:
             return sentence
-        vecs = self.sentence_encoder.encode([s for segs in segments_per_row for s in segs])
+        vecs = self.sentence_encoder.encode([s for segs in segments_per_row for s in segs])  # one batch
         i = 0
         for row, segs in enumerate(segments_per_row):
-            w = torch.tensor([float(max(1, len(s))) for s in segs])
-            sentence[row] = (vecs[i:i + len(segs)] * w[:, None]).sum(0) / w.sum()
+            total, weight = _weighted_sum(vecs[i:i + len(segs)], segs)
+            sentence[row] = total / weight
             i += len(segs)
         return torch.nn.functional.normalize(sentence, dim=-1)
 
