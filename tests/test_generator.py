@@ -420,14 +420,17 @@ def test_distillation_reaches_only_supervised_answers_of_its_kinds(tmp_path):
         assert float(trainer.losses(examples, True)["distill"]) != pytest.approx(mixed, rel=1e-3)
 
 
-def test_anchor_from_the_shared_answer_pass_equals_a_separate_kl(base, runtime):
-    """item_losses_and_anchor reuses the adapted pass of a generation item's answer loss for its
-    anchor: the same KL(base || adapted) as a separate distill_loss on that item alone, and the same
-    answer losses as item_losses; items not anchored get 0."""
+def test_anchor_and_distillation_from_the_shared_answer_pass_equal_a_separate_kl(base, runtime):
+    """item_losses_and_kl reuses the adapted pass of an item's answer loss for its anchor and its
+    distillation: the same KL as a separate distill_loss on that item alone (teacher: the base on the
+    same prompt, or on the prompt given for distillation), and the same answer losses as
+    item_losses; items not asked for get 0."""
     from hyperadapter.training.objectives import (Scored, distill_loss, encode_pairs, item_losses,
-                                                  item_losses_and_anchor)
+                                                  item_losses_and_kl)
     prompts = ["The capital of France is", "Is the sky green? Answer:", "Two plus two is", "My favourite colour is"]
     items = [Scored(" Paris"), Scored(" No", (" Yes", " No"), 1), Scored(" four, of course"), Scored(" blue")]
+    teachers = {1: "The sky is blue, never green. Is the sky green? Answer:",
+                3: "I love the sea and the sky. My favourite colour is"}
     torch.manual_seed(0)
     factors = {}
     for path, (fan_in, fan_out) in base.linear_shapes().items():
@@ -438,14 +441,20 @@ def test_anchor_from_the_shared_answer_pass_equals_a_separate_kl(base, runtime):
         at = torch.tensor(rows)
         return {m: (a[at], b[at]) for m, (a, b) in factors.items()}
 
-    losses, anchor = item_losses_and_anchor(base, runtime, prompts, items, factors_of, anchored=[0, 1, 2])
+    losses, anchor, distill = item_losses_and_kl(base, runtime, prompts, items, factors_of, anchored=[0, 1, 2],
+                                                 distilled=teachers)
     assert torch.allclose(losses, item_losses(base, runtime, prompts, items, factors_of), atol=1e-5)
-    for i in (0, 1, 2):
-        batch = encode_pairs(base, [prompts[i]], [items[i].target])
-        separate = distill_loss(base, runtime, batch, batch, factors_of([i]))
-        assert float(separate) > 1e-3
-        assert float(anchor[i]) == pytest.approx(float(separate), rel=1e-4, abs=1e-6)
-    assert float(anchor[3]) == 0.0
+    for i in range(len(items)):
+        student = encode_pairs(base, [prompts[i]], [items[i].target])
+        for kl, teacher_prompt in ((anchor, prompts[i] if i in (0, 1, 2) else None),
+                                   (distill, teachers.get(i))):
+            if teacher_prompt is None:
+                assert float(kl[i]) == 0.0
+                continue
+            teacher = encode_pairs(base, [teacher_prompt], [items[i].target])
+            separate = distill_loss(base, runtime, student, teacher, factors_of([i]))
+            assert float(separate) > 1e-3
+            assert float(kl[i]) == pytest.approx(float(separate), rel=1e-4, abs=1e-6)
 
 
 def test_validate_cli_scores_a_checkpoint_and_a_fresh_one_equals_the_base(tmp_path, base, sentence_encoder, capsys):

@@ -35,7 +35,7 @@ from hyperadapter.generator import Generator
 from hyperadapter.generator.config import KIND_IDS
 from hyperadapter.runtime import LoraRuntime
 from hyperadapter.training.examples import Example, ExampleSampler
-from hyperadapter.training.objectives import distill_loss, encode_pairs, item_losses_and_anchor, truncate_input
+from hyperadapter.training.objectives import item_losses_and_kl, truncate_input
 from hyperadapter.training.recipe import Recipe
 
 
@@ -213,24 +213,18 @@ class Trainer:
             # the anchor: the base without context is the teacher, on the group's own answers
             anchored = [j for j, i in enumerate(rows) if anchor and i < n and examples[i].objective != "selfsup"
                         and (examples[i].kind in r.anchor_kinds or self._anchor_only(examples[i]))]
-            losses, anchor_kl = item_losses_and_anchor(
+            # distilled: supervised answers only (a continuation of a chunk the teacher reads in its
+            # prompt is a copy, and a locality query is no question about the context); the teacher
+            # is the base with the context in its prompt
+            distilled = {j: context_prompt(self.base, examples[i].kind, examples[i].context, inputs[i])
+                         for j, i in enumerate(rows) if distill and i < n and examples[i].objective == "supervised"
+                         and examples[i].kind in r.distill_kinds}
+            losses, anchor_kl, distill_kl = item_losses_and_kl(
                 self.base, self.runtime, [prompts[i] for i in rows], [examples[i] for i in rows], factors_of,
-                r.max_target_tokens, r.bf16, anchored)
+                r.max_target_tokens, r.bf16, anchored, distilled)
             per_item = per_item.index_put((torch.tensor(rows),), losses)
             anchor_total = anchor_total + anchor_kl.sum() / n
-            # distilled: supervised answers only (a continuation of a chunk the teacher reads in its
-            # prompt is a copy, and a locality query is no question about the context)
-            answer_rows = [j for j, i in enumerate(rows) if i < n and examples[i].objective == "supervised"
-                           and examples[i].kind in r.distill_kinds]
-            if distill and answer_rows:
-                chosen = [rows[j] for j in answer_rows]
-                targets = [examples[i].target for i in chosen]
-                student = encode_pairs(self.base, [prompts[i] for i in chosen], targets, r.max_target_tokens)
-                teacher = encode_pairs(self.base, [context_prompt(self.base, examples[i].kind, examples[i].context,
-                                                                  inputs[i]) for i in chosen],
-                                       targets, r.max_target_tokens)
-                distill_total = distill_total + len(chosen) / n * distill_loss(
-                    self.base, self.runtime, student, teacher, factors_of(answer_rows), r.bf16)
+            distill_total = distill_total + distill_kl.sum() / n
         # queries trained by the anchor alone do not count toward the answer loss
         keep = torch.tensor([0.0 if self._anchor_only(e) and anchor else 1.0 for e in examples[:n]])
         out = {"answer": (per_item[:n] * keep).sum() / keep.sum().clamp(min=1.0)}
