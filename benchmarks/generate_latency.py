@@ -32,8 +32,9 @@ from hyperadapter.generator import Generator  # noqa: E402
 from hyperadapter.runtime import LoraRuntime  # noqa: E402
 from hyperadapter.training.lora import train_lora  # noqa: E402
 
-# One-sentence task descriptions of the lengths users write (9 to 37 tokens); run i takes the i-th in
-# turn, so the runs see varied input widths as real traffic does, not one width over and over.
+# One-sentence task descriptions of the lengths users write (7 to 29 tokens, and the run's set
+# number); run i takes the i-th in turn, so the runs see varied input widths as real traffic does,
+# not one width over and over.
 DESCRIPTIONS = [
     "Classify the sentiment of the given movie review as positive or negative.",
     "Translate the sentence into French.",

@@ -57,7 +57,7 @@ def main() -> None:
 
     def set_variant(parallel: bool, buckets: bool) -> None:
         model_module._SIDE = side if parallel else InlineExecutor()
-        encoder_module.bucket = bucket if buckets else (lambda width, step=16: width)
+        encoder_module.bucket = bucket if buckets else (lambda width, step=None: width)
         generator.sentence_encoder.tokenizer.pad = (
             padded_encoder if buckets else lambda *a, **k: padded_encoder(*a, **{**k, "pad_to_multiple_of": None}))
 

@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from hyperadapter.packed import bf16_linears
+from hyperadapter.packed import WIDTH_STEP, bf16_linears
 
 DIM = 384
 
@@ -115,9 +115,9 @@ class SentenceEncoder:
         cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         with self._lock, torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             for batch in batches:
-                # widths in steps of 16: a kernel per width, not per text length (generator.encoder.bucket)
+                # widths in steps: a kernel per step, not per text length (packed.WIDTH_STEP)
                 enc = self.tokenizer.pad({"input_ids": [[cls, *pieces[k], sep] for k in batch]},
-                                         pad_to_multiple_of=16, return_tensors="pt")
+                                         pad_to_multiple_of=WIDTH_STEP, return_tensors="pt")
                 hidden = self.model(**enc).last_hidden_state.float()
                 mask = enc["attention_mask"].unsqueeze(-1).float()
                 pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)

@@ -5,7 +5,8 @@ call; with a few rows of input (a one-sentence context) that is a large share of
 the layout is done once, with the prepacked-linear ops that torch.compile's CPU backend emits
 (`mkldnn._reorder_linear_weight` / `mkldnn._linear_pointwise`): the same numbers bit for bit, and
 the base's 8-layer feature pass over 19 tokens ~15% faster here. Inference only (no gradients
-through a packed weight). Builds without oneDNN keep plain bf16 linears.
+through a packed weight). Builds without oneDNN keep plain bf16 linears. Also the one width step
+(`bucket`) inputs are padded to, so that oneDNN's kernel for each input shape is built once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,18 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.packed, self.bias, "none", [], "")
+
+
+# Input widths (tokens per row) are padded to multiples of this. oneDNN builds a kernel for every
+# new input shape (~1-3 ms for one linear here, several times its matmul) and keeps only the last
+# 1,024: with a width per text length, real traffic of varied lengths keeps building them. Padded
+# widths repeat. Used by the generator's feature pass and by the sentence encoder.
+WIDTH_STEP = 16
+
+
+def bucket(width: int, step: int = WIDTH_STEP) -> int:
+    """`width` rounded up to a multiple of `step`."""
+    return -(-width // step) * step
 
 
 _PACKABLE: bool | None = None

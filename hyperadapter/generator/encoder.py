@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from hyperadapter.base import Base
-from hyperadapter.packed import bf16_linears
+from hyperadapter.packed import bf16_linears, bucket
 
 
 def _bf16_linears(layers: nn.ModuleList) -> nn.ModuleList:
@@ -34,13 +34,6 @@ def _bf16_linears(layers: nn.ModuleList) -> nn.ModuleList:
         module._forward_hooks.clear()
         module._forward_pre_hooks.clear()
     return bf16_linears(layers).requires_grad_(False)
-
-
-def bucket(width: int, step: int = 16) -> int:
-    """`width` rounded up to a multiple of `step`. oneDNN builds a kernel for every new input shape
-    (~1-3 ms for one linear here, several times its matmul) and keeps only the last 1,024: with a width per
-    text length, real traffic of varied lengths keeps building them. Padded widths repeat."""
-    return -(-width // step) * step
 
 
 class TokenFeatures:

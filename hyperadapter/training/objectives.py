@@ -142,28 +142,28 @@ def item_losses_and_kl(base: Base, runtime: LoraRuntime, prompts: list[str], ite
     out, anchor, distill = torch.zeros(len(items)), torch.zeros(len(items)), torch.zeros(len(items))
 
     def teach(batch: Batch, positions: list[int], logits: Tensor, labels: Tensor, token_rows: Tensor) -> None:
-        """The KLs of the batch's rows (items `positions`) from their teachers, given the adapted pass."""
+        """The anchor's and distillation's KLs of the batch's rows (items `positions`), given the
+        adapted pass over them."""
         nonlocal anchor, distill
-        for wanted, into in ((anchored, "anchor"), (distilled, "distill")):
-            keep = [j for j, i in enumerate(positions) if i in wanted]
-            if not keep:
-                continue
+
+        def kl(teacher: Batch, keep: list[int]) -> Tensor:  # of batch rows `keep`, one teacher row each
             at = torch.tensor(keep)
-            if into == "anchor":  # the base's pass on those rows of the same batch, trimmed to their width
-                width = int(batch.attention_mask[at].sum(1).max())
-                teacher = Batch(batch.input_ids[at, :width], batch.attention_mask[at, :width], batch.labels[at, :width])
-            else:
-                teacher = encode_pairs(base, [distilled[positions[j]] for j in keep],
-                                       [items[positions[j]].target for j in keep], max_target_tokens)
             take = torch.isin(token_rows, at)
             renumber = torch.full((len(positions),), -1, dtype=torch.long)
             renumber[at] = torch.arange(len(keep))
-            kl = _kl_rows(base, runtime, teacher, logits[take], labels[take], renumber[token_rows[take]], bf16)
-            where = (torch.tensor([positions[j] for j in keep]),)
-            if into == "anchor":
-                anchor = anchor.index_put(where, kl)
-            else:
-                distill = distill.index_put(where, kl)
+            return _kl_rows(base, runtime, teacher, logits[take], labels[take], renumber[token_rows[take]], bf16)
+
+        keep = [j for j, i in enumerate(positions) if i in anchored]
+        if keep:  # the base's pass on those rows of the same batch (right-padded: trimmed to their width)
+            at = torch.tensor(keep)
+            width = int(batch.attention_mask[at].sum(1).max())
+            teacher = Batch(batch.input_ids[at, :width], batch.attention_mask[at, :width], batch.labels[at, :width])
+            anchor = anchor.index_put((torch.tensor([positions[j] for j in keep]),), kl(teacher, keep))
+        keep = [j for j, i in enumerate(positions) if i in distilled]
+        if keep:  # the base on the prompts given, with the same answers
+            teacher = encode_pairs(base, [distilled[positions[j]] for j in keep],
+                                   [items[positions[j]].target for j in keep], max_target_tokens)
+            distill = distill.index_put((torch.tensor([positions[j] for j in keep]),), kl(teacher, keep))
 
     if ranked:
         rows = [i for i in ranked for _ in items[i].choices]
