@@ -188,9 +188,9 @@ def generator_alone(services, contexts: list[tuple[str, str]]) -> dict[str, dict
                 spent[name] += time.perf_counter() - t
         return wrapper
 
-    encode, features = generator.sentence_encoder.encode, generator.features
+    encode, features = generator.sentence_encoder.encode, generator._token_features
     generator.sentence_encoder.encode = timed_stage("sentence encoder", encode)
-    generator.features = timed_stage("base feature pass", features)
+    generator._token_features = timed_stage("base feature pass", features)
     out = {}
     try:
         for label, size in (("32 at a time", 32), ("one at a time", 1)):
@@ -207,7 +207,8 @@ def generator_alone(services, contexts: list[tuple[str, str]]) -> dict[str, dict
             per["total"] = 1000 * total / len(contexts)
             out[label] = per
     finally:
-        generator.sentence_encoder.encode, generator.features = encode, features
+        generator.sentence_encoder.encode = encode
+        del generator._token_features  # the method again
     return out
 
 

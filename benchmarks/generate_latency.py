@@ -48,6 +48,12 @@ DESCRIPTIONS = [
 ]
 
 
+def _layers(config) -> str:
+    """'8', or '8; task 4, document 4' when some kinds are read at another layer."""
+    other = ", ".join(f"{k} {v}" for k, v in sorted(config.kind_layers.items()) if v != config.feature_layer)
+    return f"{config.feature_layer}; {other}" if other else str(config.feature_layer)
+
+
 def timed(fns, runs: int, before=None) -> list[list[float]]:
     """Seconds of `fns[k](i)` for runs i = 1..runs (after one warm-up each), the functions taking
     turns run by run so that the machine's drift falls on all of them alike. `before(k, i)`, if
@@ -100,13 +106,13 @@ def continuation_pairs(text: str, n: int = 64) -> list[tuple[str, str]]:
 def short_stages(generator, describe, runs: int) -> dict[str, list[float]]:
     """Where a one-sentence adapter's time goes, stage by stage (each timed alone, new texts)."""
     tokens = lambda i: generator.segment_tokens(describe(i))  # noqa: E731
-    features = generator._token_features([[tokens(0)]])
+    features = generator._token_features([[tokens(0)]], ["task"])
     state = generator._absorb_rows(generator.hypernet.init_state(1), features)
     sentence = generator.sentence_encoder.encode([describe(0)])
-    layers = generator.config.feature_layer
+    layers = generator.config.layer_for("task")
     return {
         "sentence encoder (the cache key)": timed([lambda i: generator.sentence_encoder.encode([describe(i)])], runs)[0],
-        f"base feature pass ({layers} layers)": timed([lambda i: generator._token_features([[tokens(i)]])], runs)[0],
+        f"base feature pass ({layers} layers)": timed([lambda i: generator._token_features([[tokens(i)]], ["task"])], runs)[0],
         "hypernetwork attention over the tokens": timed(
             [lambda i: generator._absorb_rows(generator.hypernet.init_state(1), features)], runs)[0],
         "hypernetwork heads -> adapter tensors": timed(
@@ -169,7 +175,7 @@ def main() -> None:
 
     print(f"\nrank {generators[0].config.rank} on {', '.join(modules)}; torch threads {torch.get_num_threads()}")
     for k, generator in enumerate(generators):
-        print(f"\ngenerator {generator.name} (features from layer {generator.config.feature_layer})\n")
+        print(f"\ngenerator {generator.name} (features from layer {_layers(generator.config)})\n")
         print(f"{'context':48} {'p50 ms':>8} {'p90 ms':>8}   goal")
         print(f"{'one-sentence description':48} {ms(short[k])}   <= 20 ms")
         print(f"{'  the same, key already encoded by the cache':48} {ms(short_keyed[k])}")

@@ -100,7 +100,7 @@ def test_inference_shortcuts_give_the_same_adapter_and_follow_weight_changes(bas
                            changed.weights["model.layers.0.self_attn.q_proj"][0])
     if can_pack():
         from hyperadapter.packed import PackedLinear
-        assert isinstance(g.features.view.layers[0].mlp.up_proj, PackedLinear)
+        assert isinstance(g.features_for("task").view.layers[0].mlp.up_proj, PackedLinear)
 
 
 def test_packed_feature_pass_equals_autocast_linears(base, monkeypatch):
@@ -182,7 +182,7 @@ def test_a_continued_run_may_read_a_shallower_layer_but_not_change_the_architect
     # rank is the checkpoint's own: allowed; the feature layer changes what the generator reads
     trainer = Trainer(Recipe(**common, generator={"feature_layer": 4, "rank": 8}))
     shallow = trainer.generator
-    assert shallow.config.feature_layer == 4 and shallow.features.layer == 4
+    assert shallow.config.feature_layer == 4 and shallow.features_for("conversation").layer == 4
     deep = Generator.from_pretrained(checkpoint, base, sentence_encoder)
     assert deep.config.feature_layer == 8
     m = next(iter(deep.generate_adapter("My dog is called Rex.", "conversation").weights))
@@ -195,6 +195,44 @@ def test_a_continued_run_may_read_a_shallower_layer_but_not_change_the_architect
         Trainer(Recipe(**common, generator={"rank": 4}))
     with pytest.raises(GeneratorError, match="outside"):
         shallow.read_from_layer(99)
+
+
+def test_kinds_read_at_their_own_layers_share_one_copy_of_the_base(tmp_path, base, sentence_encoder):
+    from hyperadapter.training.loop import Trainer
+    from hyperadapter.training.recipe import Recipe
+    write_tiny_data(tmp_path / "data")
+    checkpoint = _perturb(Generator.fresh(base, sentence_encoder, seed=2)).save_pretrained(tmp_path / "gen")
+    recipe = Recipe(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), init_from=str(checkpoint),
+                    contexts_per_batch=2, queries_per_context=1, eval_batches=1,
+                    generator={"kind_layers": {"task": 4, "document": 4}})
+    mixed = Trainer(recipe).generator
+    deep = Generator.from_pretrained(checkpoint, base, sentence_encoder)
+    assert [mixed.config.layer_for(k) for k in ("task", "demonstrations", "document", "conversation")] == [4, 8, 4, 8]
+    # the layer-4 pass is a view over the first 4 of the layer-8 pass's bf16 layers, not a copy
+    shallow, full = mixed.features_for("task").view.layers, mixed.features_for("conversation").view.layers
+    assert len(shallow) == 4 and len(full) == 8 and all(a is b for a, b in zip(shallow, full))
+    chat, task = ["My dog is called Rex.", "I live in Lyon."], "Translate the sentence into French."
+    # one batch of mixed kinds: each context is read at its own kind's layer
+    together = mixed.generate_many([("conversation", chat), ("task", task)])
+    alone_chat, alone_task = mixed.generate_adapter(chat, "conversation"), mixed.generate_adapter(task, "task")
+    deep_chat, deep_task = deep.generate_adapter(chat, "conversation"), deep.generate_adapter(task, "task")
+    for m in together[0].weights:
+        for i in range(2):
+            assert torch.allclose(together[0].weights[m][i].float(), alone_chat.weights[m][i].float(), rtol=1e-2, atol=1e-3)
+            assert torch.allclose(together[1].weights[m][i].float(), alone_task.weights[m][i].float(), rtol=1e-2, atol=1e-3)
+            assert torch.equal(alone_chat.weights[m][i], deep_chat.weights[m][i])  # conversation: still layer 8
+    m = "model.layers.0.self_attn.q_proj"
+    assert not torch.allclose(alone_task.weights[m][0].float(), deep_task.weights[m][0].float(), rtol=1e-2, atol=1e-3)
+    # the stream reads a conversation at its kind's layer too
+    stream = mixed.append(mixed.stream("conversation"), chat)
+    streamed = mixed.adapter_from_stream(stream)
+    assert torch.allclose(streamed.weights[m][0].float(), alone_chat.weights[m][0].float(), rtol=1e-2, atol=1e-3)
+    mixed.save_pretrained(tmp_path / "saved")
+    assert Generator.from_pretrained(tmp_path / "saved", base, sentence_encoder).config.kind_layers == {"task": 4, "document": 4}
+    with pytest.raises(GeneratorError, match="unknown kinds"):
+        mixed.read_from_layer(kind_layers={"poem": 4})
+    with pytest.raises(GeneratorError, match="outside"):
+        mixed.read_from_layer(kind_layers={"task": 0})
 
 
 def test_lead_space_makes_answer_tokens_the_contexts_own(base, tmp_path):
@@ -530,6 +568,6 @@ def test_bf16_training_loss_is_close_to_float32_and_reaches_the_generator(base, 
 
 def _features(g, contexts):
     from hyperadapter.training.loop import _pad_features
-    feats, mask, emb = _pad_features(g.context_features([[c] for c in contexts]), g.features.embed)
+    feats, mask, emb = _pad_features(g.context_features([[c] for c in contexts], ["task"] * len(contexts)), g.embed)
     sentence = torch.nn.functional.normalize(g.sentence_encoder.encode(contexts), dim=-1)
     return feats, mask, emb, sentence, torch.zeros(len(contexts), dtype=torch.long)

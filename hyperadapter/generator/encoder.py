@@ -1,7 +1,7 @@
 """Context features from the frozen base model itself, read in independent chunks.
 
-The base runs only up to `feature_layer` (a view that shares the base's first layers; nothing is
-copied) over chunks of at most `chunk_tokens` tokens. Chunks never attend to each other, so a
+The base runs only up to the feature layer (a view over the base's first layers) over chunks of at
+most `chunk_tokens` tokens. Chunks never attend to each other, so a
 context's features do not depend on how it was delivered: this is what lets a conversation be
 extended message by message with the same result as reading it whole.
 
@@ -25,7 +25,7 @@ from hyperadapter.base import Base
 from hyperadapter.packed import bf16_linears, bucket
 
 
-def _bf16_linears(layers: nn.ModuleList) -> nn.ModuleList:
+def bf16_layers(layers: nn.ModuleList) -> nn.ModuleList:
     """A copy of `layers` with bfloat16 linears (what autocast would cast them to, prepacked where
     oneDNN can: hyperadapter.packed), everything else as it was; no hooks (the runtime's adapters
     never apply to features)."""
@@ -40,7 +40,9 @@ class TokenFeatures:
     """`__call__(chunks) -> (features [n, T, hidden], mask [n, T], token embeddings [n, T, hidden])`,
     with no gradients."""
 
-    def __init__(self, base: Base, layer: int):
+    def __init__(self, base: Base, layer: int, layers: nn.ModuleList | None = None):
+        """`layers`: the base's first layers already made bf16 (bf16_layers), at least `layer` of
+        them, when several depths share one copy; else this makes its own."""
         self.base = base
         self.layer = layer
         self.pad_id = base.tokenizer.pad_token_id
@@ -50,7 +52,9 @@ class TokenFeatures:
             # a shallow copy with its own module table: the same layer objects, only the first `layer`
             view = copy.copy(inner)
             view._modules = dict(inner._modules)
-            view._modules["layers"] = _bf16_linears(nn.ModuleList(list(inner.layers)[:layer]))
+            if layers is None:
+                layers = bf16_layers(nn.ModuleList(list(inner.layers)[:layer]))
+            view._modules["layers"] = nn.ModuleList(list(layers)[:layer])
             self.view = view
         self._lock = threading.Lock()
 

@@ -27,7 +27,7 @@ from torch import Tensor
 from hyperadapter.adapter import Adapter
 from hyperadapter.base import Base
 from hyperadapter.generator.config import KIND_IDS, GeneratorConfig
-from hyperadapter.generator.encoder import TokenFeatures
+from hyperadapter.generator.encoder import TokenFeatures, bf16_layers
 from hyperadapter.generator.hypernet import AttentionState, HyperNetwork
 
 WEIGHTS = "generator.safetensors"
@@ -102,8 +102,8 @@ class Generator:
         self.hypernet = hypernet
         self.base = base
         self.sentence_encoder = sentence_encoder
-        self.features = TokenFeatures(base, config.feature_layer)
         self.name = name
+        self._build_features()
 
     # ------------------------------------------------------------ construction and files
     @classmethod
@@ -137,13 +137,39 @@ class Generator:
         digest = hashlib.sha256((directory / WEIGHTS).read_bytes()).hexdigest()[:12]
         return cls(config, hypernet, base, sentence_encoder, name=f"{directory.name}@{digest}")
 
-    def read_from_layer(self, layer: int) -> None:
-        """Read context features from the base's `layer` instead (no parameter changes shape, so a
-        trained generator can be continued on shallower, cheaper features: training.loop)."""
-        if not 1 <= layer <= self.base.num_layers:
-            raise GeneratorError(f"feature layer {layer} is outside the base's 1..{self.base.num_layers}")
-        self.config.feature_layer = layer
-        self.features = TokenFeatures(self.base, layer)
+    def read_from_layer(self, layer: int | None = None, kind_layers: dict[str, int] | None = None) -> None:
+        """Read context features from the base's `layer` instead, and the kinds in `kind_layers` from
+        theirs (no parameter changes shape, so a trained generator can be continued on shallower,
+        cheaper features: training.loop)."""
+        for depth in [layer, *(kind_layers or {}).values()]:
+            if depth is not None and not 1 <= depth <= self.base.num_layers:
+                raise GeneratorError(f"feature layer {depth} is outside the base's 1..{self.base.num_layers}")
+        if kind_layers is not None:
+            unknown = sorted(set(kind_layers) - set(KIND_IDS))
+            if unknown:
+                raise GeneratorError(f"kind_layers names unknown kinds {unknown}; use {', '.join(KIND_IDS)}")
+            self.config.kind_layers = {k: int(v) for k, v in kind_layers.items()}
+        if layer is not None:
+            self.config.feature_layer = layer
+        self._build_features()
+
+    def _build_features(self) -> None:
+        """One feature pass per layer some kind reads; they share one bf16 copy of the base's first
+        layers (the deepest's), so reading tasks at layer 4 and chats at 8 holds 8 layers, not 12."""
+        layers = self.config.feature_layers
+        inner = getattr(self.base.model, "model", None)
+        shared = None
+        if inner is not None and isinstance(getattr(inner, "layers", None), torch.nn.ModuleList):
+            shared = bf16_layers(torch.nn.ModuleList(list(inner.layers)[:max(layers)]))
+        self.features = {layer: TokenFeatures(self.base, layer, shared) for layer in layers}
+
+    def features_for(self, kind: str) -> TokenFeatures:
+        return self.features[self.config.layer_for(kind)]
+
+    @torch.no_grad()
+    def embed(self, ids: Tensor) -> Tensor:
+        """The base's input embeddings of token ids (the copy head's values)."""
+        return self.base.model.get_input_embeddings()(ids)
 
     # ------------------------------------------------------------ tokens and features
     def segment_tokens(self, segment: str) -> list[int]:
@@ -155,21 +181,27 @@ class Generator:
             return torch.zeros(self.config.sentence_dim), 0.0
         return _weighted_sum(self.sentence_encoder.encode(list(segments)), segments)
 
-    def _token_features(self, chunks_per_row: list[list[list[int]]]) -> list[tuple[Tensor, Tensor]] | None:
-        """Per row, the features and input embeddings of its real tokens from all its chunks, side by
-        side (softmax over all of them is the same); every chunk goes through the base in one batch.
-        None when the generator does not read tokens or there are none."""
-        flat = [c for chunks in chunks_per_row for c in chunks]
-        if not self.config.use_tokens or not flat:
+    def _token_features(self, chunks_per_row: list[list[list[int]]],
+                        kinds: Sequence[str]) -> list[tuple[Tensor, Tensor]] | None:
+        """Per row (a context of kinds[row]), the features and input embeddings of its real tokens
+        from all its chunks, side by side (softmax over all of them is the same); the chunks of all
+        rows read at one layer go through the base in one batch. None when the generator does not
+        read tokens or there are none."""
+        if not self.config.use_tokens or not any(chunks_per_row):
             return None
-        feats, mask, emb = self.features(flat)
-        per_row, i = [], 0
-        for chunks in chunks_per_row:
-            n = len(chunks)
-            keep = mask[i:i + n].reshape(-1).bool()
-            per_row.append((feats[i:i + n].reshape(-1, feats.shape[-1])[keep],
-                            emb[i:i + n].reshape(-1, emb.shape[-1])[keep]))
-            i += n
+        hidden = self.config.hidden_size
+        per_row: list = [(torch.zeros(0, hidden), torch.zeros(0, hidden))] * len(chunks_per_row)
+        for layer, features in self.features.items():
+            rows = [r for r, kind in enumerate(kinds) if self.config.layer_for(kind) == layer and chunks_per_row[r]]
+            if not rows:
+                continue
+            feats, mask, emb = features([c for r in rows for c in chunks_per_row[r]])
+            i = 0
+            for r in rows:
+                n = len(chunks_per_row[r])
+                keep = mask[i:i + n].reshape(-1).bool()
+                per_row[r] = (feats[i:i + n].reshape(-1, hidden)[keep], emb[i:i + n].reshape(-1, hidden)[keep])
+                i += n
         return per_row
 
     def _absorb_rows(self, states: AttentionState, rows: list[tuple[Tensor, Tensor]]) -> AttentionState:
@@ -181,9 +213,10 @@ class Generator:
         m = torch.stack([pad(torch.ones(x.shape[0], dtype=torch.long), (0, width - x.shape[0])) for x, _ in rows])
         return self.hypernet.absorb(states, f, m, e)
 
-    def _absorb_chunks(self, states: AttentionState, chunks_per_row: list[list[list[int]]]) -> AttentionState:
+    def _absorb_chunks(self, states: AttentionState, chunks_per_row: list[list[list[int]]],
+                       kinds: Sequence[str]) -> AttentionState:
         """Fold each row's chunks (token id lists) into its state, GROUP rows at a time."""
-        per_row = self._token_features(chunks_per_row)
+        per_row = self._token_features(chunks_per_row, kinds)
         if per_row is None:
             return states
         return AttentionState.cat([self._absorb_rows(states.rows(g, g + GROUP), per_row[g:g + GROUP])
@@ -211,7 +244,7 @@ class Generator:
             tokens += self.segment_tokens(s)
         full, tail = self._chunks(tokens)
         pending = _SIDE.submit(self._sentence, segments)  # beside the feature pass, as in generate_many
-        committed = self._absorb_chunks(stream.committed, [full])
+        committed = self._absorb_chunks(stream.committed, [full], [stream.kind])
         sent, weight = pending.result()
         return ContextStream(kind=stream.kind, committed=committed.detach(), tail=tail,
                              sentence_sum=stream.sentence_sum + sent, sentence_weight=stream.sentence_weight + weight,
@@ -224,10 +257,10 @@ class Generator:
 
     def _adapters_from_streams(self, streams: list[ContextStream], metadatas: list[dict]) -> list[Adapter]:
         states = AttentionState.cat([s.committed for s in streams])
-        states = self._absorb_chunks(states, [[s.tail] if s.tail else [] for s in streams])
+        kinds = [s.kind for s in streams]
+        states = self._absorb_chunks(states, [[s.tail] if s.tail else [] for s in streams], kinds)
         sentence = torch.stack([s.sentence_sum / max(s.sentence_weight, 1e-9) for s in streams])
         sentence = torch.nn.functional.normalize(sentence, dim=-1)
-        kinds = [s.kind for s in streams]
         return self._adapters(states, sentence, kinds, metadatas)
 
     def _adapters(self, states: AttentionState, sentence: Tensor, kinds: list[str],
@@ -267,7 +300,7 @@ class Generator:
             check_kind(kind)
             if not any(s.strip() for s in segs):
                 raise GeneratorError("context is empty")
-        streams = []
+        kinds = []
         all_chunks = []
         sentence_inputs = []
         for (kind, _), segs in zip(items, segments_per_item):
@@ -275,20 +308,20 @@ class Generator:
             full, tail = self._chunks(tokens)
             all_chunks.append(full + ([tail] if tail else []))
             sentence_inputs.append(segs)
-            streams.append(kind)
+            kinds.append(kind)
         # The sentence encoder and the base's feature pass are independent: the encoder runs on a
         # side thread meanwhile (torch releases the GIL in its kernels). For a one-sentence context
         # both are mostly per-op overhead and weight reads that leave the other core idle.
         pending = _SIDE.submit(self._sentence_rows, sentence_inputs)
-        per_row = self._token_features(all_chunks)  # should this raise, the side job just ends unread
+        per_row = self._token_features(all_chunks, kinds)  # should this raise, the side job just ends unread
         sentence = pending.result()
         metadatas = list(metadatas or [{}] * len(items))
         out = []
         for g in range(0, len(items), GROUP):  # a few contexts at a time from here on (see GROUP)
-            states = self.hypernet.init_state(len(streams[g:g + GROUP]))
+            states = self.hypernet.init_state(len(kinds[g:g + GROUP]))
             if per_row is not None:
                 states = self._absorb_rows(states, per_row[g:g + GROUP])
-            out += self._group_adapters(states, sentence[g:g + GROUP], streams[g:g + GROUP], metadatas[g:g + GROUP])
+            out += self._group_adapters(states, sentence[g:g + GROUP], kinds[g:g + GROUP], metadatas[g:g + GROUP])
         return out
 
     # ------------------------------------------------------------ helpers
@@ -332,27 +365,19 @@ class Generator:
         return out
 
     @torch.no_grad()
-    def context_features(self, contexts: Sequence[Sequence[str]]) -> list[tuple[Tensor, Tensor]]:
-        """Per context (given as segments): (features [T, H] fp16, token ids [T]), chunked as
-        everywhere else, with all contexts' chunks in one batched pass through the base."""
-        per_context = []
+    def context_features(self, contexts: Sequence[Sequence[str]], kinds: Sequence[str]) -> list[tuple[Tensor, Tensor]]:
+        """Per context (given as segments, of kinds[i]): (features [T, H] fp16, token ids [T]),
+        chunked as everywhere else, the chunks of all contexts read at one layer in one pass."""
+        chunks_per_context = []
         for segments in contexts:
             tokens = [t for s in segments for t in self.segment_tokens(s)]
             full, tail = self._chunks(tokens)
-            per_context.append(full + ([tail] if tail else []))
-        flat = [c for chunks in per_context for c in chunks]
+            chunks_per_context.append(full + ([tail] if tail else []))
+        per_row = self._token_features(chunks_per_context, kinds)
         out = []
-        if flat:
-            feats, mask, _ = self.features(flat)
-        i = 0
-        for chunks in per_context:
-            n = len(chunks)
-            if n == 0:
-                out.append((torch.zeros(0, self.config.hidden_size, dtype=torch.float16), torch.zeros(0, dtype=torch.long)))
-                continue
-            f, m = feats[i:i + n], mask[i:i + n]
-            keep = m.reshape(-1).bool()
+        for r, chunks in enumerate(chunks_per_context):
             ids = torch.tensor([t for c in chunks for t in c], dtype=torch.long)
-            out.append((f.reshape(-1, f.shape[-1])[keep].half(), ids))
-            i += n
+            # a generator that reads no tokens gets zeros, of the ids' length (they still pad alike)
+            feats = per_row[r][0] if per_row is not None else torch.zeros(len(ids), self.config.hidden_size)
+            out.append((feats.half(), ids))
         return out

@@ -47,29 +47,35 @@ class FeatureCache:
     def __init__(self, generator: Generator, max_items: int):
         self.generator = generator
         self.max_items = max_items
-        self.items: OrderedDict[str, tuple] = OrderedDict()
+        self.items: OrderedDict[tuple[str, str], tuple] = OrderedDict()
         self.hits = self.misses = 0
 
     def get(self, examples: list[Example]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-        missing = [e for e in dict.fromkeys(e.context_key for e in examples) if e not in self.items]
-        by_key = {e.context_key: e for e in examples}
+        # keyed by kind too: the kind decides the layer a context is read from (kind_layers)
+        missing = [k for k in dict.fromkeys(_key(e) for e in examples) if k not in self.items]
+        by_key = {_key(e): e for e in examples}
         if missing:
             self.misses += len(missing)
             sentences = (self.generator.sentence_encoder.encode([by_key[k].context for k in missing])
                          if self.generator.sentence_encoder is not None else torch.zeros(len(missing), 384))
-            features = self.generator.context_features([[by_key[k].context] for k in missing])
+            features = self.generator.context_features([[by_key[k].context] for k in missing],
+                                                       [by_key[k].kind for k in missing])
             for key, sentence, feats in zip(missing, sentences, features):
                 self.items[key] = (feats, sentence)
         self.hits += len(examples) - len(missing)
         out_feats, out_sent = [], []
         for e in examples:
-            self.items.move_to_end(e.context_key)
-            feats, sentence = self.items[e.context_key]
+            self.items.move_to_end(_key(e))
+            feats, sentence = self.items[_key(e)]
             out_feats.append(feats)
             out_sent.append(sentence)
         while len(self.items) > self.max_items:
             self.items.popitem(last=False)
         return out_feats, torch.stack(out_sent)
+
+
+def _key(example: Example) -> tuple[str, str]:
+    return example.kind, example.context_key
 
 
 def _pad_features(features: list[tuple[torch.Tensor, torch.Tensor]], embed) -> tuple[torch.Tensor, ...]:
@@ -84,7 +90,7 @@ def _pad_features(features: list[tuple[torch.Tensor, torch.Tensor]], embed) -> t
 
 # [generator] keys a run that continues a checkpoint (init_from) may change: neither changes a
 # parameter's shape. Any other key that differs from the checkpoint's would be ignored: an error.
-CONTINUABLE = {"copy_scale", "feature_layer"}
+CONTINUABLE = {"copy_scale", "feature_layer", "kind_layers"}
 
 
 class Trainer:
@@ -113,8 +119,11 @@ class Trainer:
                                  f"{', '.join(sorted(CONTINUABLE))} when continuing, not {', '.join(changed)}")
             if "copy_scale" in recipe.generator:  # continuing with a faster-learning copy gain
                 self.generator.hypernet.set_copy_scale(float(recipe.generator["copy_scale"]))
-            if "feature_layer" in recipe.generator:  # continuing on shallower (cheaper) features
-                self.generator.read_from_layer(int(recipe.generator["feature_layer"]))
+            if "feature_layer" in recipe.generator or "kind_layers" in recipe.generator:
+                # continuing on shallower (cheaper) features, for every kind or for some
+                layer = recipe.generator.get("feature_layer")
+                self.generator.read_from_layer(None if layer is None else int(layer),
+                                               recipe.generator.get("kind_layers"))
         else:
             self.generator = Generator.fresh(self.base, encoder, seed=recipe.seed, **recipe.generator)
         self.data_dir = data_dir = Path(recipe.data_dir) if recipe.data_dir else settings.prepared_data_dir
@@ -175,7 +184,7 @@ class Trainer:
         `wrong`: (row, that row's query with another context) pairs for the contrastive term."""
         everything = list(examples) + [e for _, e in wrong]
         features, sentences = self.cache.get(everything)
-        feats, mask, emb = _pad_features(features, self.generator.features.embed)
+        feats, mask, emb = _pad_features(features, self.generator.embed)
         kinds = torch.tensor([KIND_IDS[e.kind] for e in everything])
         factors = self.model(feats, mask, emb, sentences, kinds, use_tokens=self.generator.config.use_tokens)
         return self.objective(everything, self.generator.runtime_factors(factors), with_distill,
