@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -102,3 +103,13 @@ class TokenFeatures:
             return self.view(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         out = self.base.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
         return out.hidden_states[self.layer]
+
+
+def feature_passes(base: Base, layers: Sequence[int]) -> dict[int, TokenFeatures]:
+    """A TokenFeatures per layer in `layers`, all over one bf16 copy of the base's first layers (the
+    deepest's): reading tasks at layer 4 and chats at 8 holds 8 layers, not 12."""
+    inner = getattr(base.model, "model", None)
+    shared = None
+    if inner is not None and isinstance(getattr(inner, "layers", None), nn.ModuleList):
+        shared = bf16_layers(nn.ModuleList(list(inner.layers)[:max(layers)]))
+    return {layer: TokenFeatures(base, layer, shared) for layer in layers}

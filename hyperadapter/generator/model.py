@@ -27,7 +27,7 @@ from torch import Tensor
 from hyperadapter.adapter import Adapter
 from hyperadapter.base import Base
 from hyperadapter.generator.config import KIND_IDS, GeneratorConfig
-from hyperadapter.generator.encoder import TokenFeatures, bf16_layers
+from hyperadapter.generator.encoder import TokenFeatures, feature_passes
 from hyperadapter.generator.hypernet import AttentionState, HyperNetwork
 
 WEIGHTS = "generator.safetensors"
@@ -154,14 +154,8 @@ class Generator:
         self._build_features()
 
     def _build_features(self) -> None:
-        """One feature pass per layer some kind reads; they share one bf16 copy of the base's first
-        layers (the deepest's), so reading tasks at layer 4 and chats at 8 holds 8 layers, not 12."""
-        layers = self.config.feature_layers
-        inner = getattr(self.base.model, "model", None)
-        shared = None
-        if inner is not None and isinstance(getattr(inner, "layers", None), torch.nn.ModuleList):
-            shared = bf16_layers(torch.nn.ModuleList(list(inner.layers)[:max(layers)]))
-        self.features = {layer: TokenFeatures(self.base, layer, shared) for layer in layers}
+        """One feature pass per layer some kind reads (sharing one copy of the base's layers)."""
+        self.features = feature_passes(self.base, self.config.feature_layers)
 
     def features_for(self, kind: str) -> TokenFeatures:
         return self.features[self.config.layer_for(kind)]
