@@ -1,9 +1,9 @@
 """Context features from the frozen base model itself, read in independent chunks.
 
 The base runs only up to the feature layer (a view over the base's first layers) over chunks of at
-most `chunk_tokens` tokens. Chunks never attend to each other, so a
-context's features do not depend on how it was delivered: this is what lets a conversation be
-extended message by message with the same result as reading it whole.
+most `chunk_tokens` tokens. Chunks never attend to each other, so a context's features do not depend
+on how it was delivered: this is what lets a conversation be extended message by message with the
+same result as reading it whole.
 
 The pass runs under bfloat16 autocast (CPU matmuls in bf16, norms and outputs in float32), in
 training and in serving alike: 1.9x faster here on a 2,000-token document (1,075 -> 572 ms), and

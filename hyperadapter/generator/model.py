@@ -13,6 +13,7 @@ difference of ~4e-3 per factor seen, tested against a bound of 1e-2.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -141,16 +142,17 @@ class Generator:
         """Read context features from the base's `layer` instead, and the kinds in `kind_layers` from
         theirs (no parameter changes shape, so a trained generator can be continued on shallower,
         cheaper features: training.loop)."""
-        for depth in [layer, *(kind_layers or {}).values()]:
-            if depth is not None and not 1 <= depth <= self.base.num_layers:
+        try:  # a changed copy first: GeneratorConfig checks the kinds, nothing changes if it fails
+            wanted = dataclasses.replace(
+                self.config, feature_layer=self.config.feature_layer if layer is None else int(layer),
+                kind_layers=self.config.kind_layers if kind_layers is None else {k: int(v) for k, v in kind_layers.items()})
+        except ValueError as exc:
+            raise GeneratorError(str(exc)) from exc
+        for depth in wanted.feature_layers:
+            if not 1 <= depth <= self.base.num_layers:
                 raise GeneratorError(f"feature layer {depth} is outside the base's 1..{self.base.num_layers}")
-        if kind_layers is not None:
-            unknown = sorted(set(kind_layers) - set(KIND_IDS))
-            if unknown:
-                raise GeneratorError(f"kind_layers names unknown kinds {unknown}; use {', '.join(KIND_IDS)}")
-            self.config.kind_layers = {k: int(v) for k, v in kind_layers.items()}
-        if layer is not None:
-            self.config.feature_layer = layer
+        # in place: the hypernetwork holds this same config object
+        self.config.feature_layer, self.config.kind_layers = wanted.feature_layer, wanted.kind_layers
         self._build_features()
 
     def _build_features(self) -> None:
