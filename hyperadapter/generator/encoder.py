@@ -37,6 +37,12 @@ def bf16_layers(layers: nn.ModuleList) -> nn.ModuleList:
     return bf16_linears(layers).requires_grad_(False)
 
 
+@torch.no_grad()
+def token_embeddings(base: Base, ids: Tensor) -> Tensor:
+    """The base's input embeddings of token ids (the copy head's values; the same at every depth)."""
+    return base.model.get_input_embeddings()(ids)
+
+
 class TokenFeatures:
     """`__call__(chunks) -> (features [n, T, hidden], mask [n, T], token embeddings [n, T, hidden])`,
     with no gradients."""
@@ -58,10 +64,6 @@ class TokenFeatures:
             view._modules["layers"] = nn.ModuleList(list(layers)[:layer])
             self.view = view
         self._lock = threading.Lock()
-
-    @torch.no_grad()
-    def embed(self, ids: Tensor) -> Tensor:
-        return self.base.model.get_input_embeddings()(ids)
 
     @torch.no_grad()
     def __call__(self, chunks: list[list[int]], batch_tokens: int = 2048,
@@ -90,7 +92,7 @@ class TokenFeatures:
             padded = bucket(width)  # right padding: causal attention, so real tokens never see it
             out[rows, :width] = self._forward(ids[rows, :padded], mask[rows, :padded])[:, :width]
             start = end
-        return out, mask[:, :length], self.embed(ids[:, :length])
+        return out, mask[:, :length], token_embeddings(self.base, ids[:, :length])
 
     def _forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         # inference_mode: ~10% less per-op overhead than no_grad on a short text. Its output is an

@@ -28,7 +28,7 @@ from torch import Tensor
 from hyperadapter.adapter import Adapter
 from hyperadapter.base import Base
 from hyperadapter.generator.config import KIND_IDS, GeneratorConfig
-from hyperadapter.generator.encoder import TokenFeatures, feature_passes
+from hyperadapter.generator.encoder import TokenFeatures, feature_passes, token_embeddings
 from hyperadapter.generator.hypernet import AttentionState, HyperNetwork
 
 WEIGHTS = "generator.safetensors"
@@ -162,10 +162,8 @@ class Generator:
     def features_for(self, kind: str) -> TokenFeatures:
         return self.features[self.config.layer_for(kind)]
 
-    @torch.no_grad()
     def embed(self, ids: Tensor) -> Tensor:
-        """The base's input embeddings of token ids (the copy head's values)."""
-        return self.base.model.get_input_embeddings()(ids)
+        return token_embeddings(self.base, ids)
 
     # ------------------------------------------------------------ tokens and features
     def segment_tokens(self, segment: str) -> list[int]:
