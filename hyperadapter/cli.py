@@ -175,12 +175,15 @@ def cmd_eval(args) -> int:
         raise CLIError(f"--config {args.config}: no such file")
     if args.limit is not None and args.limit < 1:
         raise CLIError("--limit must be at least 1")
+    if args.history_lines is not None and args.history_lines < 0:
+        raise CLIError("--history-lines must be 0 (whole chats) or more")
     kinds = args.kinds.split(",") if args.kinds else None
     unknown = set(kinds or ()) - set(KINDS)
     if unknown:
         raise CLIError(f"--kinds: unknown {', '.join(sorted(unknown))}; use some of {', '.join(KINDS)}")
     config = load_eval_config(args.config, limit=args.limit, out_dir=args.out, generator=args.generator,
-                              systems=args.systems.split(",") if args.systems else None, kinds=kinds)
+                              systems=args.systems.split(",") if args.systems else None, kinds=kinds,
+                              history_lines=args.history_lines)
     if settings.torch_threads:
         import torch
         torch.set_num_threads(settings.torch_threads)
@@ -297,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "an existing results.json of the same contexts)")
     e.add_argument("--kinds", help="comma-separated subset of the kinds (as --systems, results merge: two "
                                    "processes can split one evaluation by kind)")
+    e.add_argument("--history-lines", type=int, help="cut chats to this many of the user's fact-stating "
+                                                      "messages (0: whole chats; the config's default)")
     e.add_argument("--settings", help="a settings TOML file")
     e.set_defaults(func=cmd_eval)
 

@@ -11,6 +11,7 @@ Every record carries a `group` (task family, article, conversation) that decides
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -198,6 +199,25 @@ def topical_chat_dialogues(tasks_dir: Path) -> dict[str, list[tuple[str, str]]]:
         if len(turns) >= 6:
             out[cid] = turns
     return out
+
+
+def short_history(record: ContextRecord, lines: int, variant: int = 0) -> ContextRecord:
+    """A conversation cut to `lines` of its user's turns that state a fact (the `variant`-th fixed
+    choice of them, in their order), asked only about those facts: the one- or two-message history
+    a new user brings. Its id is the record's with `#short<lines>.<variant>`, so features and
+    adapters made from it are cached apart from the whole history's."""
+    if record.kind != "conversation":
+        raise ValueError(f"short_history takes a conversation, not a {record.kind}")
+    stated = [(i, [q for q in record.queries if re.search(rf"\b{re.escape(q.target)}\b", line)])
+              for i, line in enumerate(record.context.splitlines()) if line.startswith("user:")]
+    stated = [(i, qs) for i, qs in stated if qs]
+    if not stated:
+        return record
+    picked = sorted(random.Random(f"{record.id}:short:{variant}").sample(stated, min(lines, len(stated))))
+    history = record.context.splitlines()
+    return dataclasses.replace(record, id=f"{record.id}#short{lines}.{variant}",
+                               context="\n".join(history[i] for i, _ in picked),
+                               queries=[q for _, qs in picked for q in qs])
 
 
 def conversations(tasks_dir: Path, split_of_group, users_per_dialogue: dict[str, int], seed: int = 0,

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from hyperadapter.adapter import Adapter
 from hyperadapter.base import Base
+from hyperadapter.data.builders import short_history
 from hyperadapter.data.schema import ContextRecord, load_split
 from hyperadapter.evaluation import metrics
 from hyperadapter.evaluation.systems import System
@@ -53,6 +54,9 @@ class EvalConfig:
     blend_catalogue: int = 300  # training contexts per kind in its catalogue
     batch_size: int = 16
     seed: int = 0
+    # Chats cut to this many of the user's fact-stating messages (data.builders.short_history), as
+    # conversation contexts and as the unrelated contexts of generated-unrelated; 0: whole histories.
+    history_lines: int = 0
 
 
 def load_eval_config(path: str | Path, **overrides) -> EvalConfig:
@@ -62,6 +66,14 @@ def load_eval_config(path: str | Path, **overrides) -> EvalConfig:
         raise ValueError(f"{path}: unknown keys {sorted(set(raw) - names)}")
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return EvalConfig(**raw)
+
+
+def eval_records(data_dir: Path, config: EvalConfig, kind: str) -> list[ContextRecord]:
+    """The records a run scores for `kind` (`select`ed; chats cut to `history_lines` messages)."""
+    records = load_split(data_dir, config.split, kind)
+    if kind == "conversation" and config.history_lines > 0:
+        records = [short_history(r, config.history_lines) for r in records]
+    return select(records, config.max_contexts.get(kind, 0), config.limit)
 
 
 def select(records: list[ContextRecord], n: int, limit: int) -> list[ContextRecord]:
@@ -136,7 +148,7 @@ class Harness:
         c = self.config
         results: dict = {"config": dataclasses.asdict(c), "systems": {}}
         for kind in c.kinds:
-            records = select(load_split(self.data_dir, c.split, kind), c.max_contexts.get(kind, 0), c.limit)
+            records = eval_records(self.data_dir, c, kind)
             for system in systems:
                 if kind not in system.kinds:
                     continue

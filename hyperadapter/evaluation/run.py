@@ -68,13 +68,11 @@ def build_systems(config: EvalConfig, settings: Settings, base, runtime, generat
             systems.append(AdapterSystem(base, lambda kind, ctx: generator.generate_adapter(ctx, kind),
                                          wrong=name == "generated-wrong"))
         elif name == "generated-unrelated":
-            from hyperadapter.data.schema import load_split
-            from hyperadapter.evaluation.harness import select
+            from hyperadapter.evaluation.harness import eval_records
             from hyperadapter.evaluation.systems import UnrelatedContextSystem
 
             def others(kind: str) -> list:
-                records = load_split(data_dir or settings.prepared_data_dir, config.split, kind)
-                return select(records, config.max_contexts.get(kind, 0), config.limit)
+                return eval_records(data_dir or settings.prepared_data_dir, config, kind)
 
             systems.append(UnrelatedContextSystem(base, lambda kind, ctx: generator.generate_adapter(ctx, kind), others))
         elif name == "multitask-lora":

@@ -11,7 +11,10 @@ so their features can be cached like any other context's. So are a task descript
 (`task_variants`): with only ~160 training descriptions, a generator can tell them apart by their
 exact wording without reading what they ask; a description with some words dropped, its sentences
 reordered, or one solved example appended asks the same thing in other words. Generated tasks
-(data.synthetic) can stand in for a share of the task and demonstrations contexts.
+(data.synthetic) can stand in for a share of the task and demonstrations contexts. A chat can be cut
+to one or two of its messages (`short_history_share`): new users bring that little. Locality
+queries (another task's query under this context's adapter) can come from a fixed pool whose
+generation queries carry the base's own reply as the answer (training.locality).
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from hyperadapter.data.builders import DEMOS, format_demonstrations, short_examples, split_sentences
+from hyperadapter.data.builders import DEMOS, format_demonstrations, short_examples, short_history, split_sentences
 from hyperadapter.data.schema import KINDS, ContextRecord, Query
 
 DEMO_VARIANTS = 8
 MAX_CHOICES = 4  # the right choice and up to three wrong ones per multiple-choice training query
 WORD_DROP = 0.15  # share of a description's words a variant drops
+SHORT_VARIANTS = 4  # fixed short cuts per chat and length (1 or 2 messages)
 
 
 @dataclass
@@ -53,7 +57,8 @@ class ExampleSampler:
     def __init__(self, records: dict[str, list[ContextRecord]], kind_weights: dict[str, float],
                  seed: int = 0, selfsup_share: float = 0.25, lead_space: tuple[str, ...] = (),
                  unrelated_share: float = 0.0, unrelated_kinds: tuple[str, ...] = KINDS, task_variants: int = 1,
-                 synthetic: dict[str, list[ContextRecord]] | None = None, synthetic_share: float = 0.0):
+                 synthetic: dict[str, list[ContextRecord]] | None = None, synthetic_share: float = 0.0,
+                 short_history_share: float = 0.0, locality_pool: list[tuple[str, Query]] | None = None):
         self.records = {k: v for k, v in records.items() if v and kind_weights.get(k, 0) > 0}
         # generated tasks (data.synthetic) per kind, drawn instead of a real record with synthetic_share
         self.synthetic = {k: v for k, v in (synthetic or {}).items() if v and k in self.records}
@@ -72,11 +77,15 @@ class ExampleSampler:
         self.task_variants = max(1, task_variants)
         if unrelated_share > 0 and len(self.tasks) < 2:
             raise ValueError("unrelated_share needs task records (their queries are the unrelated ones)")
+        self.short_history_share = short_history_share
+        self.locality_pool = locality_pool or []  # (task id, query); empty: any query of any other task
 
     def sample(self, n_contexts: int, queries_per_context: int) -> list[Example]:
         out: list[Example] = []
         for kind in self.rng.choices(self.kinds, self.weights, k=n_contexts):
             record = self.rng.choice(self._pool(kind, synthetic=self._draw_synthetic(kind)))
+            if kind == "conversation" and self.short_history_share > 0 and self.rng.random() < self.short_history_share:
+                record = short_history(record, self.rng.choice((1, 2)), self.rng.randrange(SHORT_VARIANTS))
             out.extend(self._maybe_unrelated(e, record) for e in self.examples_for(record, queries_per_context))
         return out
 
@@ -95,10 +104,22 @@ class ExampleSampler:
                 or self.rng.random() >= self.unrelated_share):
             return example
         own = record.id.removeprefix("demos/")
-        other = self.rng.choice([t for t in self.tasks if t.id != own] or self.tasks)
-        q = self.rng.choice(other.queries + other.support)
+        if self.locality_pool:
+            q = self._locality_query(own)
+        else:
+            other = self.rng.choice([t for t in self.tasks if t.id != own] or self.tasks)
+            q = self.rng.choice(other.queries + other.support)
         e = self._example("task", example.context_key, example.context, q)
         return Example(example.kind, e.context_key, e.context, e.input, e.target, "unrelated", e.choices, e.label)
+
+    def _locality_query(self, own: str) -> Query:
+        """A query of the locality pool from a task other than `own` (redrawn a few times: the pool
+        spans many tasks, so this rarely repeats)."""
+        for _ in range(8):
+            task, q = self.rng.choice(self.locality_pool)
+            if task != own:
+                break
+        return q
 
     def wrong_contexts(self, examples: list[Example], kinds: Sequence[str]) -> list[tuple[int, Example]]:
         """For each example of `kinds` whose query belongs to its context (not an unrelated one):

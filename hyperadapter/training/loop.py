@@ -35,6 +35,7 @@ from hyperadapter.generator import Generator
 from hyperadapter.generator.config import KIND_IDS
 from hyperadapter.runtime import LoraRuntime
 from hyperadapter.training.examples import Example, ExampleSampler
+from hyperadapter.training.locality import base_replied, sample_locality_queries
 from hyperadapter.training.objectives import item_losses_and_kl, truncate_input
 from hyperadapter.training.recipe import Recipe
 
@@ -134,7 +135,9 @@ class Trainer:
                                       unrelated_share=recipe.unrelated_share,
                                       unrelated_kinds=tuple(recipe.unrelated_kinds),
                                       task_variants=recipe.task_variants,
-                                      synthetic=self._synthetic(train), synthetic_share=recipe.synthetic_share)
+                                      synthetic=self._synthetic(train), synthetic_share=recipe.synthetic_share,
+                                      short_history_share=recipe.short_history_share,
+                                      locality_pool=self._locality_pool(train.get("task") or []))
         val = {k: load_split(data_dir, "validation", k) for k in train}
         self.val_examples = self._fixed_examples(val)
         self.cache = FeatureCache(self.generator, recipe.feature_cache_items)
@@ -157,6 +160,17 @@ class Trainer:
         documents = train.get("document") or load_split(self.data_dir, "train", "document")
         tasks = synthetic_tasks(r.synthetic_tasks, sentences_of(documents), seed=r.seed)
         return {"task": tasks, "demonstrations": list(demonstrations(tasks, r.seed))}
+
+    def _locality_pool(self, tasks: list) -> list:
+        """Locality queries with the base's own replies (Recipe.locality_replies), generated once per run
+        folder by the main process."""
+        r = self.recipe
+        if r.locality_replies <= 0 or r.unrelated_share <= 0:
+            return []
+        pool = sample_locality_queries(tasks, r.locality_replies, r.seed)
+        with self.accelerator.main_process_first():
+            return base_replied(self.base, self.runtime, pool, r.max_prompt_tokens, r.max_target_tokens,
+                                self.out / "locality_replies.json")
 
     def _lr_factor(self, step: int) -> float:
         r = self.recipe

@@ -1,0 +1,130 @@
+"""Locality training data: chats cut to one or two messages, and locality queries answered by the
+real base's own replies, cached beside the run; the harness's short-history option."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hyperadapter.data.builders import short_history
+from hyperadapter.data.prompts import query_prompt
+from hyperadapter.data.schema import ContextRecord, Query, load_split
+from hyperadapter.runtime import GenerationParams
+from hyperadapter.training.examples import ExampleSampler
+from hyperadapter.training.locality import base_replied, sample_locality_queries
+from tests.conftest import write_tiny_data
+
+CHAT = ContextRecord(
+    "user/c1/0", "conversation", "c1", "fixture",
+    "user: hi there. My sister's name is Ramona.\n"
+    "assistant: Nice to meet you.\n"
+    "user: I like films. I live in Porto.\n"
+    "assistant: Porto is lovely.\n"
+    "user: Also, I play the cello.\n"
+    "user: see you.",
+    "fact", [Query("What is my sister's name?", ["Ramona"]), Query("Which city do I live in?", ["Porto"]),
+             Query("Which instrument do I play?", ["cello"])])
+
+
+@pytest.mark.parametrize("lines", [1, 2, 5])
+def test_short_history_keeps_fact_stating_user_messages_and_their_questions(lines):
+    cuts = [short_history(CHAT, lines, v) for v in range(6)]
+    for cut in cuts:
+        kept = cut.context.splitlines()
+        assert len(kept) == min(lines, 3) and all(line in CHAT.context.splitlines() for line in kept)
+        assert all(line.startswith("user:") for line in kept)
+        assert [CHAT.context.index(line) for line in kept] == sorted(CHAT.context.index(line) for line in kept)
+        assert len(cut.queries) == len(kept) and all(q.target in cut.context for q in cut.queries)
+        assert cut.id == f"{CHAT.id}#short{lines}.{cuts.index(cut)}" and cut.kind == "conversation"
+    assert short_history(CHAT, lines, 3) == cuts[3]  # a variant is fixed
+    if lines < 3:
+        assert len({c.context for c in cuts}) > 1  # variants differ
+    with pytest.raises(ValueError, match="conversation"):
+        short_history(ContextRecord("t", "task", "g", "fixture", "Do it.", "generation", []), 1)
+
+
+def test_sampler_cuts_a_share_of_chats_to_short_histories(tmp_path):
+    chats = [CHAT] + [ContextRecord(f"user/c{i}/0", "conversation", f"c{i}", "fixture",
+                                    f"user: hello\nassistant: hi\nuser: I play the harp {i}.", "fact",
+                                    [Query("Which instrument do I play?", ["harp"])]) for i in range(2, 5)]
+    sampler = ExampleSampler({"conversation": chats}, {"conversation": 1.0}, seed=3, short_history_share=0.5,
+                             lead_space=("conversation",))
+    examples = sampler.sample(200, 1)
+    short = [e for e in examples if "#short" in e.context_key]
+    assert 60 < len(short) < 140  # about half
+    whole = {r.id: r.context for r in chats}
+    for e in short:
+        own = whole[e.context_key.split("#")[0]]
+        assert len(e.context.splitlines()) <= 2 and all(line in own.splitlines() for line in e.context.splitlines())
+        assert e.target.strip() in e.context  # asked only about what the cut still says
+    assert all(e.context == whole[e.context_key] for e in examples if e not in short)
+    assert not any("#short" in e.context_key
+                   for e in ExampleSampler({"conversation": chats}, {"conversation": 1.0}).sample(50, 1))
+
+
+def test_locality_queries_carry_the_bases_own_replies_and_are_cached(base, runtime, tmp_path, monkeypatch):
+    write_tiny_data(tmp_path / "data")
+    tasks = load_split(tmp_path / "data", "train", "task")
+    tasks[0].queries.append(Query("Pick one.", ["b"], choices=["a", "b"], label=1))
+    pool = sample_locality_queries(tasks, 40, seed=0)
+    assert len({task for task, _ in pool}) > 3 and pool == sample_locality_queries(tasks, 40, seed=0)
+    pool = [p for p in pool if not p[1].choices][:3] + [(tasks[0].id, tasks[0].queries[-1])]
+    path = tmp_path / "run" / "locality_replies.json"
+    replied = base_replied(base, runtime, pool, 64, 8, path)
+    params = GenerationParams(max_new_tokens=8)
+    expected = runtime.generate([query_prompt(base, q.input) for _, q in pool[:3]], None, params)
+    assert [q.target for _, q in replied[:3]] == expected
+    assert [q.input for _, q in replied] == [q.input for _, q in pool] and [t for t, _ in replied] == [t for t, _ in pool]
+    assert replied[3][1] == pool[3][1]  # multiple choice keeps its right choice
+    assert json.loads(path.read_text())["replies"] == expected
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the saved replies should have been read")
+    monkeypatch.setattr(runtime, "generate", no_generation)
+    assert base_replied(base, runtime, pool, 64, 8, path) == replied
+    with pytest.raises(AssertionError, match="saved replies"):  # another pool is generated anew
+        base_replied(base, runtime, pool[:2], 64, 8, path)
+
+
+def test_unrelated_queries_come_from_the_locality_pool_and_another_task(tmp_path):
+    write_tiny_data(tmp_path / "data")
+    records = {k: load_split(tmp_path / "data", "train", k) for k in ("task", "conversation", "document")}
+    pool = [(t.id, Query(f"{t.id}: say something", [f"the base's reply for {t.id}"])) for t in records["task"]]
+    sampler = ExampleSampler(records, {"conversation": 1.0, "document": 1.0}, unrelated_share=1.0,
+                             locality_pool=pool, lead_space=("conversation", "document"))
+    by_input = {q.input: (task, q.target) for task, q in pool}
+    examples = sampler.sample(30, 1)
+    assert all(e.objective == "unrelated" for e in examples)
+    assert {(e.input, e.target) for e in examples} <= {(q.input, q.target) for _, q in pool}  # no lead space
+    assert len({e.input for e in examples}) > 2
+    assert all(by_input[e.input][0] != e.context_key for e in examples)
+
+
+def test_harness_cuts_chats_to_history_lines(tmp_path):
+    from hyperadapter.evaluation.harness import EvalConfig, eval_records
+    write_tiny_data(tmp_path / "data")
+    whole = eval_records(tmp_path / "data", EvalConfig(split="validation"), "conversation")
+    cut = eval_records(tmp_path / "data", EvalConfig(split="validation", history_lines=1), "conversation")
+    assert [r.id + "#short1.0" for r in whole] == [r.id for r in cut]
+    assert all(r.context == r.context.splitlines()[-1] and r.queries[0].target in r.context for r in cut)
+    assert all(len(r.context.splitlines()) == 3 for r in whole)
+    tasks = eval_records(tmp_path / "data", EvalConfig(split="validation", history_lines=1), "task")
+    assert [r.context for r in tasks] == [r.context for r in load_split(tmp_path / "data", "validation", "task")]
+
+
+def test_trainer_draws_locality_queries_with_base_replies_from_its_run_folder(tmp_path):
+    from hyperadapter.training.loop import Trainer
+    from hyperadapter.training.recipe import Recipe
+    write_tiny_data(tmp_path / "data")
+    recipe = Recipe(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), contexts_per_batch=4,
+                    queries_per_context=1, eval_batches=1, kind_weights={"task": 1.0, "conversation": 1.0},
+                    unrelated_share=1.0, unrelated_kinds=["conversation"], anchor_unrelated=True,
+                    locality_replies=6, max_target_tokens=6, short_history_share=1.0)
+    trainer = Trainer(recipe)
+    saved = json.loads((tmp_path / "run" / "locality_replies.json").read_text())
+    assert len(trainer.sampler.locality_pool) == 6 == len(saved["replies"])
+    replies = {q.input: q.target for _, q in trainer.sampler.locality_pool}
+    chats = [e for e in trainer.sampler.sample(20, 1) if e.kind == "conversation"]
+    assert chats and all(e.objective == "unrelated" and e.target == replies[e.input] for e in chats)
+    assert all("#short" in e.context_key for e in chats)
