@@ -128,3 +128,11 @@ def test_trainer_draws_locality_queries_with_base_replies_from_its_run_folder(tm
     chats = [e for e in trainer.sampler.sample(20, 1) if e.kind == "conversation"]
     assert chats and all(e.objective == "unrelated" and e.target == replies[e.input] for e in chats)
     assert all("#short" in e.context_key for e in chats)
+
+
+def test_eval_cli_refuses_a_negative_history_length(tmp_path, capsys):
+    from hyperadapter.cli import main
+    config = tmp_path / "eval.toml"
+    config.write_text('split = "validation"\n')
+    assert main(["eval", "--config", str(config), "--history-lines", "-1"]) == 2
+    assert "--history-lines" in capsys.readouterr().err
