@@ -208,13 +208,13 @@ def short_history(record: ContextRecord, lines: int, variant: int = 0) -> Contex
     adapters made from it are cached apart from the whole history's."""
     if record.kind != "conversation":
         raise ValueError(f"short_history takes a conversation, not a {record.kind}")
+    history = record.context.splitlines()
     stated = [(i, [q for q in record.queries if re.search(rf"\b{re.escape(q.target)}\b", line)])
-              for i, line in enumerate(record.context.splitlines()) if line.startswith("user:")]
+              for i, line in enumerate(history) if line.startswith("user:")]
     stated = [(i, qs) for i, qs in stated if qs]
     if not stated:
         return record
     picked = sorted(random.Random(f"{record.id}:short:{variant}").sample(stated, min(lines, len(stated))))
-    history = record.context.splitlines()
     return dataclasses.replace(record, id=f"{record.id}#short{lines}.{variant}",
                                context="\n".join(history[i] for i, _ in picked),
                                queries=[q for _, qs in picked for q in qs])

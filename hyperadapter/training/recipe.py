@@ -79,6 +79,7 @@ class Recipe:
     # asks is the base's own answer. (Model card: stages 10 and 11 did not lower them on validation;
     # stage 11, shipped with it, gives 2.1% on test against stage 7's 11.5%.)
     anchor_unrelated: bool = False
+    anchor_kinds: list[str] = field(default_factory=lambda: ["task", "demonstrations"])
     # Locality queries from a fixed pool of this many training task queries, each generation query
     # answered by the base's own greedy reply (training.locality) instead of its gold answer (0: any
     # query of any other task, gold answers). With anchor_unrelated, the anchor then holds an
@@ -89,7 +90,6 @@ class Recipe:
     # short_history). Trained on whole histories only, a chat adapter from one message answered every
     # prompt with the name it held ("Pepper Pepper ...").
     short_history_share: float = 0.0
-    anchor_kinds: list[str] = field(default_factory=lambda: ["task", "demonstrations"])
     # generator architecture (GeneratorConfig fields)
     generator: dict = field(default_factory=dict)
     init_from: str = ""  # start from an existing generator checkpoint
