@@ -1,10 +1,15 @@
-"""What two of the generator's latency measures buy, each switched off in turn, in one process.
+"""What padding input widths buys the generator's latency, switched off in turn, in one process.
 
-  - the sentence encoder on a side thread beside the base's feature pass (off: one after the other);
-  - input widths padded to multiples of 16 (off: each text's own width). oneDNN builds a kernel for
-    every new input shape, so this shows on texts of lengths the process has not seen yet, as in real
-    traffic: every run here is a one-sentence description of a length not used before.
-The variants take turns run by run, so the machine's drift falls on all alike; p50 and the ratios.
+Input widths are padded to multiples of 16 (off: each text's own width). oneDNN builds a kernel for
+every new input shape, so this shows on texts of lengths the process has not seen yet, as in real
+traffic: every run here is a one-sentence description of a length not used before. The variants
+take turns run by run, so the machine's drift falls on all alike; p50 and the ratio.
+
+An earlier variant ran the sentence encoder on a side thread beside the feature pass. It cannot be
+measured in one process: once a second thread has run torch ops, libgomp has more threads than
+cores and every op in the process is slower, the other variants' too (here it made the side thread
+look 8% faster). Across processes it was 1.3-1.6x slower, so it was removed; the comparison is two
+checkouts' `benchmarks/generate_latency.py`, run in turn (the model card gives the commands).
 Run: .venv/bin/python benchmarks/latency_ablation.py [--runs 40] [--generator DIR]
 """
 
@@ -14,28 +19,17 @@ import argparse
 import statistics
 import sys
 import time
-from concurrent.futures import Future
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hyperadapter.generator.encoder as encoder_module  # noqa: E402
-import hyperadapter.generator.model as model_module  # noqa: E402
 from hyperadapter.base import load_base  # noqa: E402
 from hyperadapter.config import load_settings  # noqa: E402
 from hyperadapter.embedding import SentenceEncoder  # noqa: E402
 from hyperadapter.generator import Generator  # noqa: E402
 
 WORDS = ("short", "clear", "formal", "plain", "polite", "exact", "brief", "simple", "direct", "careful")
-
-
-class InlineExecutor:
-    """An executor that runs the job at once, on the caller's thread."""
-
-    def submit(self, fn, *args):
-        future = Future()
-        future.set_result(fn(*args))
-        return future
 
 
 def description(i: int, variant: int) -> str:
@@ -52,27 +46,25 @@ def main() -> None:
     settings = load_settings()
     base = load_base(settings.base_model, settings.models_dir)
     generator = Generator.from_pretrained(args.generator or settings.generator, base, SentenceEncoder())
-    side, bucket = model_module._SIDE, encoder_module.bucket
+    bucket = encoder_module.bucket
     padded_encoder = generator.sentence_encoder.tokenizer.pad
 
-    def set_variant(parallel: bool, buckets: bool) -> None:
-        model_module._SIDE = side if parallel else InlineExecutor()
+    def set_variant(buckets: bool) -> None:
         encoder_module.bucket = bucket if buckets else (lambda width, step=None: width)
         generator.sentence_encoder.tokenizer.pad = (
             padded_encoder if buckets else lambda *a, **k: padded_encoder(*a, **{**k, "pad_to_multiple_of": None}))
 
-    variants = {"as shipped": (True, True), "encoder not beside the feature pass": (False, True),
-                "widths not padded to 16": (True, False)}
+    variants = {"as shipped": True, "widths not padded to 16": False}
     times = {name: [] for name in variants}
     generator.generate_adapter(description(0, 0), "task")
     for i in range(1, args.runs + 1):
-        for v, (name, flags) in enumerate(variants.items()):
-            set_variant(*flags)
+        for v, (name, buckets) in enumerate(variants.items()):
+            set_variant(buckets)
             text = description(i, v)
             start = time.perf_counter()
             generator.generate_adapter(text, "task")
             times[name].append(time.perf_counter() - start)
-    set_variant(True, True)
+    set_variant(True)
     shipped = statistics.median(times["as shipped"])
     print(f"\ngenerator {generator.name}; {args.runs} one-sentence descriptions of new lengths, taking turns\n")
     print(f"{'variant':40} {'p50 ms':>8}   vs as shipped")

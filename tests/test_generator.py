@@ -103,6 +103,25 @@ def test_inference_shortcuts_give_the_same_adapter_and_follow_weight_changes(bas
         assert isinstance(g.features_for("task").view.layers[0].mlp.up_proj, PackedLinear)
 
 
+def test_reading_a_new_context_equals_absorbing_it_into_the_empty_state(base, sentence_encoder):
+    """`read` skips the copy head's zero sum: the same state, bit for bit, padding included."""
+    g = _perturb(Generator.fresh(base, sentence_encoder, seed=6))
+    rows = g._token_features([[g.segment_tokens("Name the capital of the given country.")],
+                              [g.segment_tokens("Rex is my dog, and he is three years old.")]], ["task", "conversation"])
+    width = max(f.shape[0] for f, _ in rows)
+    pad = torch.nn.functional.pad
+    feats = torch.stack([pad(f, (0, 0, 0, width - len(f))) for f, _ in rows])
+    embs = torch.stack([pad(e, (0, 0, 0, width - len(e))) for _, e in rows])
+    mask = torch.stack([pad(torch.ones(len(f), dtype=torch.long), (0, width - len(f))) for f, _ in rows])
+    assert int(mask.sum()) < mask.numel()  # one row is padded
+    with torch.no_grad():
+        read = g.hypernet.read(feats, mask, embs)
+        absorbed = g.hypernet.absorb(g.hypernet.init_state(2), feats, mask, embs)
+    for name, x in read.tensors().items():
+        assert torch.equal(x, absorbed.tensors()[name]), name
+    assert float(read.copy_sum.abs().max()) > 0  # the copy head did read the tokens
+
+
 def test_packed_feature_pass_equals_autocast_linears(base, monkeypatch):
     import hyperadapter.packed as packed
     from hyperadapter.generator.encoder import TokenFeatures

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -32,9 +31,6 @@ from hyperadapter.generator.encoder import TokenFeatures, feature_passes, token_
 from hyperadapter.generator.hypernet import AttentionState, HyperNetwork
 
 WEIGHTS = "generator.safetensors"
-# One side thread for the sentence encoder, shared by all generators (the encoder serialises its
-# calls anyway). See generate_many.
-_SIDE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sentence-encoder")
 # Contexts per hypernetwork pass at inference. Its attention scores and outputs are [contexts, 720
 # slots, ...]: a few contexts at a time stay in the CPU's caches, where 32 at once spilled to memory
 # and ran slower per context than one at a time (benchmarks/batch.py). The base pass stays batched.
@@ -198,13 +194,16 @@ class Generator:
                 i += n
         return per_row
 
-    def _absorb_rows(self, states: AttentionState, rows: list[tuple[Tensor, Tensor]]) -> AttentionState:
-        """Fold a few rows' token features (from _token_features) into their states."""
+    def _absorb_rows(self, states: AttentionState | None, rows: list[tuple[Tensor, Tensor]]) -> AttentionState:
+        """Fold a few rows' token features (from _token_features) into their states (None: new
+        contexts, read from nothing)."""
         pad = torch.nn.functional.pad
         width = max(f.shape[0] for f, _ in rows)
         f = torch.stack([pad(f, (0, 0, 0, width - f.shape[0])) for f, _ in rows])
         e = torch.stack([pad(e, (0, 0, 0, width - e.shape[0])) for _, e in rows])
         m = torch.stack([pad(torch.ones(x.shape[0], dtype=torch.long), (0, width - x.shape[0])) for x, _ in rows])
+        if states is None:
+            return self.hypernet.read(f, m, e)
         return self.hypernet.absorb(states, f, m, e)
 
     def _absorb_chunks(self, states: AttentionState, chunks_per_row: list[list[list[int]]],
@@ -237,9 +236,8 @@ class Generator:
         for s in segments:
             tokens += self.segment_tokens(s)
         full, tail = self._chunks(tokens)
-        pending = _SIDE.submit(self._sentence, segments)  # beside the feature pass, as in generate_many
         committed = self._absorb_chunks(stream.committed, [full], [stream.kind])
-        sent, weight = pending.result()
+        sent, weight = self._sentence(segments)
         return ContextStream(kind=stream.kind, committed=committed.detach(), tail=tail,
                              sentence_sum=stream.sentence_sum + sent, sentence_weight=stream.sentence_weight + weight,
                              n_tokens=stream.n_tokens + len(tokens) - len(stream.tail),
@@ -303,18 +301,20 @@ class Generator:
             all_chunks.append(full + ([tail] if tail else []))
             sentence_inputs.append(segs)
             kinds.append(kind)
-        # The sentence encoder and the base's feature pass are independent: the encoder runs on a
-        # side thread meanwhile (torch releases the GIL in its kernels). For a one-sentence context
-        # both are mostly per-op overhead and weight reads that leave the other core idle.
-        pending = _SIDE.submit(self._sentence_rows, sentence_inputs)
-        per_row = self._token_features(all_chunks, kinds)  # should this raise, the side job just ends unread
-        sentence = pending.result()
+        # The sentence encoder and the base's feature pass are independent, but they run one after
+        # the other on this thread: a second thread running torch ops gets its own OpenMP worker,
+        # libgomp then has more threads than cores and sends idle workers to sleep at once, and every
+        # later op in the process pays to wake them (a one-sentence adapter: 26-34 ms with the
+        # encoder on a side thread, 18-20 ms without; benchmarks/latency_ablation.py).
+        sentence = self._sentence_rows(sentence_inputs)
+        per_row = self._token_features(all_chunks, kinds)
         metadatas = list(metadatas or [{}] * len(items))
         out = []
         for g in range(0, len(items), GROUP):  # a few contexts at a time from here on (see GROUP)
-            states = self.hypernet.init_state(len(kinds[g:g + GROUP]))
             if per_row is not None:
-                states = self._absorb_rows(states, per_row[g:g + GROUP])
+                states = self._absorb_rows(None, per_row[g:g + GROUP])
+            else:
+                states = self.hypernet.init_state(len(kinds[g:g + GROUP]))
             out += self._group_adapters(states, sentence[g:g + GROUP], kinds[g:g + GROUP], metadatas[g:g + GROUP])
         return out
 
