@@ -1,4 +1,4 @@
-"""The command line: `hyperadapter serve | adapter | generate | batch | train | eval | data`.
+"""The command line: `hyperadapter serve | adapter | generate | batch | train | average | eval | data`.
 
 argparse from the standard library: the commands are few and flat, so a CLI framework would add a
 dependency without removing code. Errors the user can fix print one line to stderr and exit 2.
@@ -214,6 +214,19 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_average(args) -> int:
+    from hyperadapter.training.average import average_checkpoints
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise CLIError(f"--weights {args.weights!r}: give numbers separated by commas, e.g. 0.5,0.5") from None
+    out = average_checkpoints(args.checkpoints, weights, args.out)
+    print(f"saved {out}")
+    return 0
+
+
 BENCHMARKS = ("mixed_batch", "generate_latency", "latency_ablation", "cache", "serve", "batch")
 
 
@@ -283,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="override the recipe's step count")
     t.add_argument("--out", help="override the recipe's out_dir")
     t.set_defaults(func=cmd_train)
+
+    av = sub.add_parser("average", help="average generator checkpoints of one architecture, tensor by tensor "
+                                        "(a model soup)")
+    av.add_argument("checkpoints", nargs="+", help="two or more generator checkpoint folders")
+    av.add_argument("--weights", help="comma-separated, one per checkpoint (default: equal; scaled to sum to 1)")
+    av.add_argument("--out", required=True, help="a new folder for the averaged checkpoint")
+    av.set_defaults(func=cmd_average)
 
     v = sub.add_parser("validate", help="validation loss of a generator checkpoint (right / wrong context / "
                                         "base), for choosing checkpoints; prints one JSON line")

@@ -1,0 +1,80 @@
+"""Weight averaging of generator checkpoints ("model soup", WiSE-FT): `average_checkpoints`.
+
+A generator continued from another (stage 18 from stage 16, by way of 17) stays in its basin, and
+the average of the two often keeps what each does well: stage 18 mended one-message chats and lost
+documents and locality, and their average scored above both on validation tasks and chats. Only
+checkpoints of one architecture and settings can be averaged, every tensor by the same weights, in
+float32. The result is an ordinary checkpoint; no base model is loaded to make it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from hyperadapter.generator.model import CONFIG, WEIGHTS
+
+
+class AverageError(ValueError):
+    pass
+
+
+def _read(directory: Path) -> tuple[dict, dict[str, torch.Tensor], str]:
+    if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
+        raise AverageError(f"{directory} is not a generator checkpoint (needs {CONFIG} and {WEIGHTS})")
+    config = json.loads((directory / CONFIG).read_text())
+    with safe_open(directory / WEIGHTS, framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    digest = hashlib.sha256((directory / WEIGHTS).read_bytes()).hexdigest()[:12]
+    return config, tensors, f"{directory.name}@{digest}"
+
+
+def average_checkpoints(directories: Sequence[str | Path], weights: Sequence[float] | None,
+                        out: str | Path) -> Path:
+    """Write to `out` the checkpoint whose every tensor is sum_i weights[i] * checkpoint_i's (weights
+    default to equal, and are scaled to sum to 1). Refuses checkpoints whose settings or tensors
+    differ, weights that are negative or all zero, and an `out` that already holds a checkpoint."""
+    directories = [Path(d) for d in directories]
+    if len(directories) < 2:
+        raise AverageError("give at least two checkpoints to average")
+    weights = [1.0] * len(directories) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(directories):
+        raise AverageError(f"{len(weights)} weights for {len(directories)} checkpoints")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise AverageError(f"weights must be non-negative and not all zero, got {weights}")
+    weights = [w / sum(weights) for w in weights]
+    out = Path(out)
+    if (out / WEIGHTS).exists() or (out / CONFIG).exists():
+        raise AverageError(f"{out} already holds a checkpoint; choose another folder")
+
+    config, tensors, first = _read(directories[0])
+    dtypes = {k: v.dtype for k, v in tensors.items()}
+    total = {k: weights[0] * v.float() for k, v in tensors.items()}
+    names = [first]
+    for directory, w in zip(directories[1:], weights[1:]):
+        other_config, tensors, name = _read(directory)
+        if other_config != config:
+            changed = sorted(k for k in set(config) | set(other_config) if config.get(k) != other_config.get(k))
+            raise AverageError(f"{directory} has other settings than {directories[0]}: {', '.join(changed)}")
+        if tensors.keys() != total.keys() or any(tensors[k].shape != total[k].shape for k in total):
+            raise AverageError(f"{directory} has other tensors than {directories[0]}")
+        for k, v in tensors.items():
+            total[k] += w * v.float()
+        names.append(name)
+
+    out.mkdir(parents=True, exist_ok=True)
+    extra = {"averaged_from": names, "weights": weights}
+    state = {k: v.to(dtypes[k]).contiguous() for k, v in total.items()}
+    # temp files then renames, as Generator.save_pretrained: an interrupted run leaves no half checkpoint
+    save_file(state, out / (WEIGHTS + ".tmp"), metadata={"format": "pt", "extra": json.dumps(extra)})
+    shutil.copyfile(directories[0] / CONFIG, out / (CONFIG + ".tmp"))
+    (out / (WEIGHTS + ".tmp")).replace(out / WEIGHTS)
+    (out / (CONFIG + ".tmp")).replace(out / CONFIG)
+    return out
