@@ -304,8 +304,9 @@ class Generator:
         # The sentence encoder and the base's feature pass are independent, but they run one after
         # the other on this thread: a second thread running torch ops gets its own OpenMP worker,
         # libgomp then has more threads than cores and sends idle workers to sleep at once, and every
-        # later op in the process pays to wake them (a one-sentence adapter: 26-34 ms with the
-        # encoder on a side thread, 18-20 ms without; benchmarks/latency_ablation.py).
+        # later op in the process pays to wake them (a one-sentence adapter: 25-33 ms with the
+        # encoder on a side thread, 15-22 ms without; benchmarks/generate_latency.py in two
+        # checkouts taken in turn, model card, Latency).
         sentence = self._sentence_rows(sentence_inputs)
         per_row = self._token_features(all_chunks, kinds)
         metadatas = list(metadatas or [{}] * len(items))
