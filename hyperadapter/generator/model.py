@@ -53,6 +53,14 @@ class GeneratorError(ValueError):
     pass
 
 
+def checkpoint_name(directory: Path) -> str:
+    """`<folder>@<first 12 hex digits of the weights' sha256>`, the name adapters record; raises
+    GeneratorError if `directory` is not a checkpoint."""
+    if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
+        raise GeneratorError(f"{directory} is not a generator checkpoint (needs {CONFIG} and {WEIGHTS})")
+    return f"{directory.name}@{hashlib.sha256((directory / WEIGHTS).read_bytes()).hexdigest()[:12]}"
+
+
 def check_kind(kind: str) -> int:
     if kind not in KIND_IDS:
         raise GeneratorError(f"unknown context kind {kind!r}; use one of {', '.join(KIND_IDS)}")
@@ -125,14 +133,12 @@ class Generator:
     @classmethod
     def from_pretrained(cls, directory: str | Path, base: Base, sentence_encoder=None) -> "Generator":
         directory = Path(directory)
-        if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
-            raise GeneratorError(f"{directory} is not a generator checkpoint (needs {CONFIG} and {WEIGHTS})")
+        name = checkpoint_name(directory)
         config = GeneratorConfig.load(directory / CONFIG)
         hypernet = HyperNetwork(config)
         hypernet.load_state_dict(load_file(directory / WEIGHTS))
         hypernet.eval().requires_grad_(False)
-        digest = hashlib.sha256((directory / WEIGHTS).read_bytes()).hexdigest()[:12]
-        return cls(config, hypernet, base, sentence_encoder, name=f"{directory.name}@{digest}")
+        return cls(config, hypernet, base, sentence_encoder, name=name)
 
     def read_from_layer(self, layer: int | None = None, kind_layers: dict[str, int] | None = None) -> None:
         """Read context features from the base's `layer` instead, and the kinds in `kind_layers` from

@@ -9,17 +9,15 @@ float32. The result is an ordinary checkpoint; no base model is loaded to make i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from hyperadapter.generator.model import CONFIG, WEIGHTS
+from hyperadapter.generator.model import CONFIG, WEIGHTS, checkpoint_name
 
 
 class AverageError(ValueError):
@@ -27,13 +25,8 @@ class AverageError(ValueError):
 
 
 def _read(directory: Path) -> tuple[dict, dict[str, torch.Tensor], str]:
-    if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
-        raise AverageError(f"{directory} is not a generator checkpoint (needs {CONFIG} and {WEIGHTS})")
-    config = json.loads((directory / CONFIG).read_text())
-    with safe_open(directory / WEIGHTS, framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    digest = hashlib.sha256((directory / WEIGHTS).read_bytes()).hexdigest()[:12]
-    return config, tensors, f"{directory.name}@{digest}"
+    name = checkpoint_name(directory)
+    return json.loads((directory / CONFIG).read_text()), load_file(directory / WEIGHTS), name
 
 
 def average_checkpoints(directories: Sequence[str | Path], weights: Sequence[float] | None,
