@@ -44,6 +44,27 @@ def test_short_history_keeps_fact_stating_user_messages_and_their_questions(line
         short_history(ContextRecord("t", "task", "g", "fixture", "Do it.", "generation", []), 1)
 
 
+def test_short_history_with_replies_keeps_the_assistants_answer_after_each_kept_message():
+    cut = short_history(CHAT, 3, 0, replies=True)
+    assert cut.context.splitlines() == [  # the last fact's message has no reply after it
+        "user: hi there. My sister's name is Ramona.", "assistant: Nice to meet you.",
+        "user: I like films. I live in Porto.", "assistant: Porto is lovely.", "user: Also, I play the cello."]
+    assert cut.id == f"{CHAT.id}#short3r.0" and len(cut.queries) == 3
+    two = short_history(CHAT, 2, 1, replies=True)
+    plain = short_history(CHAT, 2, 1)
+    assert [line for line in two.context.splitlines() if line.startswith("user:")] == plain.context.splitlines()
+    assert two.queries == plain.queries and two.id != plain.id  # cached apart
+
+
+def test_sampler_draws_the_recipes_message_counts_and_reply_share():
+    sampler = ExampleSampler({"conversation": [CHAT]}, {"conversation": 1.0}, seed=5, short_history_share=1.0,
+                             short_history_lines=(3,), short_history_replies=0.5, lead_space=("conversation",))
+    keys = [e.context_key for e in sampler.sample(100, 1)]
+    assert all("#short3" in k for k in keys)
+    with_replies = sum("#short3r." in k for k in keys)
+    assert 25 < with_replies < 75  # about half
+
+
 def test_sampler_cuts_a_share_of_chats_to_short_histories(tmp_path):
     chats = [CHAT] + [ContextRecord(f"user/c{i}/0", "conversation", f"c{i}", "fixture",
                                     f"user: hello\nassistant: hi\nuser: I play the harp {i}.", "fact",

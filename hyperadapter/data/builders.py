@@ -201,11 +201,13 @@ def topical_chat_dialogues(tasks_dir: Path) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def short_history(record: ContextRecord, lines: int, variant: int = 0) -> ContextRecord:
+def short_history(record: ContextRecord, lines: int, variant: int = 0, replies: bool = False) -> ContextRecord:
     """A conversation cut to `lines` of its user's turns that state a fact (the `variant`-th fixed
-    choice of them, in their order), asked only about those facts: the one- or two-message history
-    a new user brings. Its id is the record's with `#short<lines>.<variant>`, so features and
-    adapters made from it are cached apart from the whole history's."""
+    choice of them, in their order), asked only about those facts: the short history a new user
+    brings. With `replies`, each kept user turn is followed by the assistant's reply to it, as in a
+    real chat (a user-only cut of two facts was ~90 tokens of names side by side, and the shipped
+    generator answered such chats with junk: " setattr"). Its id is the record's with
+    `#short<lines>[r].<variant>`, so features and adapters made from it are cached apart."""
     if record.kind != "conversation":
         raise ValueError(f"short_history takes a conversation, not a {record.kind}")
     history = record.context.splitlines()
@@ -215,8 +217,13 @@ def short_history(record: ContextRecord, lines: int, variant: int = 0) -> Contex
     if not stated:
         return record
     picked = sorted(random.Random(f"{record.id}:short:{variant}").sample(stated, min(lines, len(stated))))
-    return dataclasses.replace(record, id=f"{record.id}#short{lines}.{variant}",
-                               context="\n".join(history[i] for i, _ in picked),
+    kept = []
+    for i, _ in picked:
+        kept.append(history[i])
+        if replies and i + 1 < len(history) and history[i + 1].startswith("assistant:"):
+            kept.append(history[i + 1])
+    return dataclasses.replace(record, id=f"{record.id}#short{lines}{'r' if replies else ''}.{variant}",
+                               context="\n".join(kept),
                                queries=[q for _, qs in picked for q in qs])
 
 

@@ -12,7 +12,8 @@ so their features can be cached like any other context's. So are a task descript
 exact wording without reading what they ask; a description with some words dropped, its sentences
 reordered, or one solved example appended asks the same thing in other words. Generated tasks
 (data.synthetic) can stand in for a share of the task and demonstrations contexts. A chat can be cut
-to one or two of its messages (`short_history_share`): new users bring that little. Locality
+to one or a few of its messages, with or without the assistant's replies (`short_history_share`):
+new users bring that little. Locality
 queries (another task's query under this context's adapter) can come from a fixed pool whose
 generation queries carry the base's own reply as the answer (training.locality).
 """
@@ -30,7 +31,7 @@ from hyperadapter.data.schema import KINDS, ContextRecord, Query
 DEMO_VARIANTS = 8
 MAX_CHOICES = 4  # the right choice and up to three wrong ones per multiple-choice training query
 WORD_DROP = 0.15  # share of a description's words a variant drops
-SHORT_VARIANTS = 4  # fixed short cuts per chat and length (1 or 2 messages)
+SHORT_VARIANTS = 4  # fixed short cuts per chat and length
 
 
 @dataclass
@@ -58,7 +59,8 @@ class ExampleSampler:
                  seed: int = 0, selfsup_share: float = 0.25, lead_space: tuple[str, ...] = (),
                  unrelated_share: float = 0.0, unrelated_kinds: tuple[str, ...] = KINDS, task_variants: int = 1,
                  synthetic: dict[str, list[ContextRecord]] | None = None, synthetic_share: float = 0.0,
-                 short_history_share: float = 0.0, locality_pool: list[tuple[str, Query]] | None = None):
+                 short_history_share: float = 0.0, locality_pool: list[tuple[str, Query]] | None = None,
+                 short_history_lines: Sequence[int] = (1, 2), short_history_replies: float = 0.0):
         self.records = {k: v for k, v in records.items() if v and kind_weights.get(k, 0) > 0}
         # generated tasks (data.synthetic) per kind, drawn instead of a real record with synthetic_share
         self.synthetic = {k: v for k, v in (synthetic or {}).items() if v and k in self.records}
@@ -78,6 +80,8 @@ class ExampleSampler:
         if unrelated_share > 0 and len(self.tasks) < 2:
             raise ValueError("unrelated_share needs task records (their queries are the unrelated ones)")
         self.short_history_share = short_history_share
+        self.short_history_lines = tuple(short_history_lines)
+        self.short_history_replies = short_history_replies
         self.locality_pool = locality_pool or []  # (task id, query); empty: any query of any other task
 
     def sample(self, n_contexts: int, queries_per_context: int) -> list[Example]:
@@ -85,9 +89,15 @@ class ExampleSampler:
         for kind in self.rng.choices(self.kinds, self.weights, k=n_contexts):
             record = self.rng.choice(self._pool(kind, synthetic=self._draw_synthetic(kind)))
             if kind == "conversation" and self.short_history_share > 0 and self.rng.random() < self.short_history_share:
-                record = short_history(record, self.rng.choice((1, 2)), self.rng.randrange(SHORT_VARIANTS))
+                record = self._short(record)
             out.extend(self._maybe_unrelated(e, record) for e in self.examples_for(record, queries_per_context))
         return out
+
+    def _short(self, record: ContextRecord) -> ContextRecord:
+        lines, variant = self.rng.choice(self.short_history_lines), self.rng.randrange(SHORT_VARIANTS)
+        # no draw without replies: earlier recipes' batches stay what they were
+        replies = self.short_history_replies > 0 and self.rng.random() < self.short_history_replies
+        return short_history(record, lines, variant, replies=replies)
 
     def _draw_synthetic(self, kind: str) -> bool:
         # no draw without synthetic tasks: earlier recipes' batches stay what they were

@@ -137,6 +137,8 @@ class Trainer:
                                       task_variants=recipe.task_variants,
                                       synthetic=self._synthetic(train), synthetic_share=recipe.synthetic_share,
                                       short_history_share=recipe.short_history_share,
+                                      short_history_lines=recipe.short_history_lines,
+                                      short_history_replies=recipe.short_history_replies,
                                       locality_pool=self._locality_pool(train.get("task") or []))
         val = {k: load_split(data_dir, "validation", k) for k in train}
         self.val_examples = self._fixed_examples(val)

@@ -90,6 +90,10 @@ class Recipe:
     # short_history). Trained on whole histories only, a chat adapter from one message answered every
     # prompt with the name it held ("Pepper Pepper ...").
     short_history_share: float = 0.0
+    short_history_lines: list[int] = field(default_factory=lambda: [1, 2])  # messages kept, drawn evenly
+    # Share of those cuts that keep the assistant's reply after each kept message. Stage 16 answered
+    # a short real chat of two facts and its replies with junk (" setattr"); one fact alone, right.
+    short_history_replies: float = 0.0
     # generator architecture (GeneratorConfig fields)
     generator: dict = field(default_factory=dict)
     init_from: str = ""  # start from an existing generator checkpoint
@@ -119,4 +123,9 @@ def load_recipe(path: str | Path, **overrides) -> Recipe:
     if unknown:
         raise ValueError(f"recipe {path}: unknown keys {sorted(unknown)}")
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    return Recipe(**raw)
+    recipe = Recipe(**raw)
+    if not recipe.short_history_lines or min(recipe.short_history_lines) < 1:
+        raise ValueError(f"recipe {path}: short_history_lines must list message counts of at least 1")
+    if not 0.0 <= recipe.short_history_replies <= 1.0:
+        raise ValueError(f"recipe {path}: short_history_replies is a share, between 0 and 1")
+    return recipe
