@@ -177,13 +177,15 @@ def cmd_eval(args) -> int:
         raise CLIError("--limit must be at least 1")
     if args.history_lines is not None and args.history_lines < 0:
         raise CLIError("--history-lines must be 0 (whole chats) or more")
+    if args.history_replies and not args.history_lines:
+        raise CLIError("--history-replies needs --history-lines (whole chats keep every reply)")
     kinds = args.kinds.split(",") if args.kinds else None
     unknown = set(kinds or ()) - set(KINDS)
     if unknown:
         raise CLIError(f"--kinds: unknown {', '.join(sorted(unknown))}; use some of {', '.join(KINDS)}")
     config = load_eval_config(args.config, limit=args.limit, out_dir=args.out, generator=args.generator,
                               systems=args.systems.split(",") if args.systems else None, kinds=kinds,
-                              history_lines=args.history_lines)
+                              history_lines=args.history_lines, history_replies=args.history_replies or None)
     if settings.torch_threads:
         import torch
         torch.set_num_threads(settings.torch_threads)
@@ -322,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "processes can split one evaluation by kind)")
     e.add_argument("--history-lines", type=int, help="cut chats to this many of the user's fact-stating "
                                                       "messages (0: whole chats; the config's default)")
+    e.add_argument("--history-replies", action="store_true", help="with --history-lines: keep the assistant's "
+                                                                   "reply after each kept message")
     e.add_argument("--settings", help="a settings TOML file")
     e.set_defaults(func=cmd_eval)
 

@@ -130,6 +130,10 @@ def test_harness_cuts_chats_to_history_lines(tmp_path):
     assert [r.id + "#short1.0" for r in whole] == [r.id for r in cut]
     assert all(r.context == r.context.splitlines()[-1] and r.queries[0].target in r.context for r in cut)
     assert all(len(r.context.splitlines()) == 3 for r in whole)
+    replied = eval_records(tmp_path / "data", EvalConfig(split="validation", history_lines=1, history_replies=True),
+                           "conversation")
+    assert [r.id + "#short1r.0" for r in whole] == [r.id for r in replied]
+    assert [r.queries for r in replied] == [r.queries for r in cut]
     tasks = eval_records(tmp_path / "data", EvalConfig(split="validation", history_lines=1), "task")
     assert [r.context for r in tasks] == [r.context for r in load_split(tmp_path / "data", "validation", "task")]
 
@@ -157,3 +161,16 @@ def test_eval_cli_refuses_a_negative_history_length(tmp_path, capsys):
     config.write_text('split = "validation"\n')
     assert main(["eval", "--config", str(config), "--history-lines", "-1"]) == 2
     assert "--history-lines" in capsys.readouterr().err
+    assert main(["eval", "--config", str(config), "--history-replies"]) == 2
+    assert "--history-replies needs --history-lines" in capsys.readouterr().err
+
+
+def test_recipe_refuses_empty_or_zero_short_history_lengths_and_a_reply_share_above_one(tmp_path):
+    from hyperadapter.training.recipe import load_recipe
+    path = tmp_path / "r.toml"
+    for bad, message in (("short_history_lines = []", "short_history_lines"),
+                         ("short_history_lines = [0, 2]", "short_history_lines"),
+                         ("short_history_replies = 1.5", "short_history_replies")):
+        path.write_text(bad + "\n")
+        with pytest.raises(ValueError, match=message):
+            load_recipe(path)

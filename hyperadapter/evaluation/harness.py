@@ -57,6 +57,7 @@ class EvalConfig:
     # Chats cut to this many of the user's fact-stating messages (data.builders.short_history), as
     # conversation contexts and as the unrelated contexts of generated-unrelated; 0: whole histories.
     history_lines: int = 0
+    history_replies: bool = False  # with history_lines: keep the assistant's reply after each kept message
 
 
 def load_eval_config(path: str | Path, **overrides) -> EvalConfig:
@@ -72,7 +73,7 @@ def eval_records(data_dir: Path, config: EvalConfig, kind: str) -> list[ContextR
     """The records a run scores for `kind` (`select`ed; chats cut to `history_lines` messages)."""
     records = load_split(data_dir, config.split, kind)
     if kind == "conversation" and config.history_lines > 0:
-        records = [short_history(r, config.history_lines) for r in records]
+        records = [short_history(r, config.history_lines, replies=config.history_replies) for r in records]
     return select(records, config.max_contexts.get(kind, 0), config.limit)
 
 
