@@ -144,8 +144,10 @@ def test_context_changes_the_adapter(base, sentence_encoder):
     assert not torch.allclose(a.weights[m][1], b.weights[m][1])
 
 
-def test_streaming_update_equals_reading_the_whole_history(base, sentence_encoder):
-    g = Generator.fresh(base, sentence_encoder, seed=2, chunk_tokens=32)  # small chunks: several boundaries
+@pytest.mark.parametrize("compete", [False, True])
+def test_streaming_update_equals_reading_the_whole_history(base, sentence_encoder, compete):
+    # small chunks: several boundaries
+    g = Generator.fresh(base, sentence_encoder, seed=2, chunk_tokens=32, copy_compete=compete)
     _perturb(g)
     messages = ["user: Hi there, my dog is called Rex.\n", "assistant: Hello! Rex is a fine name.\n",
                 "user: " + "I love long walks by the sea, especially in autumn. " * 6 + "\n",
@@ -170,6 +172,21 @@ def test_streaming_update_equals_reading_the_whole_history(base, sentence_encode
     direct = g.generate_adapter(messages + ["user: bye\n"], "conversation")
     m = next(iter(direct.weights))
     assert (again.weights[m][1] - direct.weights[m][1]).norm() <= 1e-2 * direct.weights[m][1].norm()
+
+
+def test_competing_copy_slots_keep_agreeing_slots_and_split_the_tokens_they_disagree_on():
+    from hyperadapter.generator.config import GeneratorConfig
+    from hyperadapter.generator.hypernet import HyperNetwork
+    config = GeneratorConfig(num_layers=1, hidden_size=16, rank=2, latent=16, heads=2, copy_dim=4,
+                             modules={"down_proj": ["model.layers.{layer}.mlp.down_proj", 24, 16]})
+    net = HyperNetwork(config)
+    weights = lambda scores: torch.softmax(scores, -1)  # over tokens, as the copy head reads them
+    same = torch.tensor([[[2.0, 0.0, 1.0], [2.0, 0.0, 1.0]]])  # [B=1, N=2 slots, T=3 tokens]
+    assert torch.allclose(weights(net._compete(same)), weights(same))  # agreeing slots: unchanged
+    split = torch.tensor([[[2.0, 1.0, -3.0], [1.0, 2.0, -3.0]]])  # each likes both tokens, one more
+    before, after = weights(split), weights(net._compete(split))
+    assert after[0, 0, 0] > before[0, 0, 0] + 0.1 and after[0, 1, 1] > before[0, 1, 1] + 0.1
+    assert after[0, 0, 1] < before[0, 0, 1] and after[0, 1, 0] < before[0, 1, 0]  # less of the other's token
 
 
 def test_one_training_step_lowers_the_loss_on_a_fixed_batch(tmp_path):

@@ -39,6 +39,7 @@ class GeneratorConfig:
     # so that it can reach the needed size in hundreds of steps, not tens of thousands.
     copy_scale: float = 200.0
     copy_features: bool = True  # the copy attention's pooled features inform each slot's latent (hypernet.py)
+    copy_compete: bool = False  # a (layer, module)'s rank slots compete for each token they copy (hypernet.py)
     use_sentence: bool = True
     use_tokens: bool = True
 
