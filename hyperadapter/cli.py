@@ -91,6 +91,21 @@ def cmd_adapter_create(args) -> int:
     return 0
 
 
+def cmd_adapter_inspect(args) -> int:
+    from hyperadapter.generator.inspect import copy_attention
+
+    context = _read_text(args)
+    if not context or not context.strip():
+        raise CLIError("the context is empty")
+    if args.top < 1:
+        raise CLIError("--top must be at least 1")
+    services = _services(args)
+    report = copy_attention(services.generator, context, args.kind)
+    print(json.dumps({"kind": args.kind, "slot_agreement": round(report.agreement, 4),
+                      "top_copied_tokens": report.top_tokens(args.top)}))
+    return 0
+
+
 def cmd_batch(args) -> int:
     from hyperadapter.batch import run_batch
 
@@ -280,6 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-reuse", action="store_true", help="always generate a new adapter")
     c.add_argument("--config")
     c.set_defaults(func=cmd_adapter_create)
+    ins = asub.add_parser("inspect", help="what the generator's copy head takes from a context, and how far its "
+                                          "slots agree (1.0: every slot copies one blend); prints one JSON line")
+    ins.add_argument("--kind", choices=KINDS, required=True)
+    src = ins.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text")
+    src.add_argument("--file")
+    ins.add_argument("--top", type=int, default=10, help="how many tokens to list (default 10)")
+    ins.add_argument("--config")
+    ins.set_defaults(func=cmd_adapter_inspect)
 
     b = sub.add_parser("batch", help="make adapters for every line of a JSONL file; resumable; "
                                       "runs split across processes under `accelerate launch`")

@@ -607,3 +607,39 @@ def _features(g, contexts):
     feats, mask, emb = _pad_features(g.context_features([[c] for c in contexts], ["task"] * len(contexts)), g.embed)
     sentence = torch.nn.functional.normalize(g.sentence_encoder.encode(contexts), dim=-1)
     return feats, mask, emb, sentence, torch.zeros(len(contexts), dtype=torch.long)
+
+
+@pytest.mark.parametrize("compete", [False, True])
+def test_copy_inspection_gives_the_weights_the_adapter_is_built_from(base, sentence_encoder, compete):
+    from hyperadapter.generator.inspect import copy_attention
+    from hyperadapter.generator.encoder import token_embeddings
+    g = _perturb(Generator.fresh(base, sentence_encoder, seed=4, copy_compete=compete))
+    context = "user: My dog is called Rex and I live in Oslo."
+    report = copy_attention(g, context, "conversation")
+    ids = torch.tensor(g.segment_tokens(context))
+    assert report.tokens[1:] == [base.tokenizer.decode([int(t)]) for t in ids] and report.tokens[0] == "<null>"
+    assert torch.allclose(report.weights.sum(-1), torch.ones(report.weights.shape[:-1]), atol=1e-5)
+    assert 0.0 < report.agreement <= 1.0 + 1e-6
+    # the copy head's pooled embeddings in the generator's own state are these weights times the tokens'
+    with torch.no_grad():
+        feats, _ = g.context_features([[context]], ["conversation"])[0]
+        emb = token_embeddings(base, ids[None]).float()
+        state = g.hypernet.read(feats.float()[None], torch.ones(1, len(ids), dtype=torch.long), emb)
+    hidden = g.config.hidden_size
+    pooled = (state.copy_sum[0, :, :hidden] / state.copy_norm[0, :, None]).reshape(*report.weights.shape[:3], hidden)
+    expected = torch.einsum("lmrt,th->lmrh", report.weights[..., 1:], emb[0])
+    assert torch.allclose(pooled, expected, atol=1e-4 * float(emb.abs().max()))
+    copying = [i for i, m in enumerate(g.config.module_names) if m in g.hypernet.copy_gain]
+    assert (report.gains[:, copying] != 0).all() and report.top_tokens(3)[0][0] in report.tokens
+    with pytest.raises(ValueError, match="kind"):
+        copy_attention(g, context, "poem")
+
+
+def test_adapter_inspect_cli_prints_one_json_line_and_refuses_an_empty_context(tmp_path, capsys):
+    from hyperadapter.cli import main
+    assert main(["adapter", "inspect", "--kind", "conversation", "--text", "   "]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert main(["adapter", "inspect", "--kind", "conversation", "--text", "user: I play the cello.",
+                 "--top", "3"]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert len(line["top_copied_tokens"]) == 3 and 0.0 < line["slot_agreement"] <= 1.0

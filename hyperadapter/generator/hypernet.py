@@ -228,21 +228,25 @@ class HyperNetwork(nn.Module):
             return state
         x = self.feature_norm(features.to(self.null_k.dtype))
         k, v = self._heads(self.to_k(x)), self._heads(self.to_v(x))  # [B, T, h, dh]
-        q, copy_q = self._projected_queries()  # [N, h, dh], [N, copy_dim]
+        q, _ = self._projected_queries()  # [N, h, dh]
         pad = ~mask.bool()
         scores = torch.einsum("nhd,bthd->bnht", q, k) / math.sqrt(self.dh)
         scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
         main = _online(state.max, state.norm, state.sum, scores, v, "bnht,bthd->bnhd")
-        copy_scores = torch.einsum("nc,btc->bnt", copy_q, self.copy_k(x)) / math.sqrt(self.config.copy_dim)
-        if self.config.copy_compete:
-            copy_scores = self._compete(copy_scores)
-        copy_scores = copy_scores.masked_fill(pad[:, None, :], float("-inf"))
+        copy_scores = self.copy_scores(x).masked_fill(pad[:, None, :], float("-inf"))
         copy_values = embeddings.to(x.dtype)
         if self.copy_feature is not None:
             copy_values = torch.cat([copy_values, x], -1)
         copy = _online(state.copy_max, state.copy_norm, None if copy_empty else state.copy_sum, copy_scores,
                        copy_values, "bnt,bth->bnh")
         return AttentionState(*main, *copy)
+
+    def copy_scores(self, x: Tensor) -> Tensor:
+        """The copy head's scores [B, N, T] for normed token features x [B, T, hidden] (the null
+        key's are init_state's copy_max)."""
+        _, copy_q = self._projected_queries()
+        scores = torch.einsum("nc,btc->bnt", copy_q, self.copy_k(x)) / math.sqrt(self.config.copy_dim)
+        return self._compete(scores) if self.config.copy_compete else scores
 
     def _compete(self, scores: Tensor) -> Tensor:
         """scores [B, N, T] + log(rank * softmax over each (layer, module)'s rank slots): the
