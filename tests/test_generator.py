@@ -187,7 +187,11 @@ def test_competing_copy_slots_keep_agreeing_slots_and_split_the_tokens_they_disa
     before, after = weights(split), weights(net._compete(split))
     assert after[0, 0, 0] > before[0, 0, 0] + 0.1 and after[0, 1, 1] > before[0, 1, 1] + 0.1
     assert after[0, 0, 1] < before[0, 0, 1] and after[0, 1, 0] < before[0, 1, 0]  # less of the other's token
-
+    close = torch.tensor([[[2.0, 1.95, -3.0], [1.95, 2.0, -3.0]]])  # slots that barely disagree
+    net.config.copy_compete_sharpness = 50.0
+    sharp = weights(net._compete(close))
+    assert sharp[0, 0, 0] > 0.9 and sharp[0, 1, 1] > 0.9  # a sharp competition still splits them
+    assert torch.allclose(weights(net._compete(same)), weights(same))
 
 def test_one_training_step_lowers_the_loss_on_a_fixed_batch(tmp_path):
     from hyperadapter.training.loop import Trainer

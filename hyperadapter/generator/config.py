@@ -40,6 +40,7 @@ class GeneratorConfig:
     copy_scale: float = 200.0
     copy_features: bool = True  # the copy attention's pooled features inform each slot's latent (hypernet.py)
     copy_compete: bool = False  # a (layer, module)'s rank slots compete for each token they copy (hypernet.py)
+    copy_compete_sharpness: float = 1.0  # the slots' softmax over a token is taken of scores x this
     use_sentence: bool = True
     use_tokens: bool = True
 

@@ -249,12 +249,15 @@ class HyperNetwork(nn.Module):
         return self._compete(scores) if self.config.copy_compete else scores
 
     def _compete(self, scores: Tensor) -> Tensor:
-        """scores [B, N, T] + log(rank * softmax over each (layer, module)'s rank slots): the
-        softmax over tokens then weighs a token by the slot's share of it (see the module doc)."""
+        """scores [B, N, T] + log(rank * softmax over each (layer, module)'s rank slots of scores x
+        sharpness): the softmax over tokens then weighs a token by the slot's share of it (see the
+        module doc). A high sharpness gives each token to the slot that scores it highest, however
+        slightly: slots that copy one blend are split apart from the first step."""
         b, n, t = scores.shape
         r = self.config.rank
         grouped = scores.reshape(b, n // r, r, t)
-        share = grouped - torch.logsumexp(grouped, dim=2, keepdim=True) + math.log(r)
+        sharp = grouped * self.config.copy_compete_sharpness
+        share = sharp - torch.logsumexp(sharp, dim=2, keepdim=True) + math.log(r)
         return (grouped + share).reshape(b, n, t)
 
     # ------------------------------------------------------------ factors
