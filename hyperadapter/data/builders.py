@@ -205,9 +205,8 @@ def short_history(record: ContextRecord, lines: int, variant: int = 0, replies: 
     """A conversation cut to `lines` of its user's turns that state a fact (the `variant`-th fixed
     choice of them, in their order), asked only about those facts: the short history a new user
     brings. With `replies`, each kept user turn is followed by the assistant's reply to it, as in a
-    real chat (a user-only cut of two facts was ~90 tokens of names side by side, and the shipped
-    generator answered such chats with junk: " setattr"). Its id is the record's with
-    `#short<lines>[r].<variant>`, so features and adapters made from it are cached apart."""
+    real chat. Its id is the record's with `#short<lines>[r].<variant>`, so features and adapters
+    made from it are cached apart."""
     if record.kind != "conversation":
         raise ValueError(f"short_history takes a conversation, not a {record.kind}")
     history = record.context.splitlines()

@@ -20,8 +20,8 @@ With `copy_compete`, the rank slots of one (layer, module) also compete for each
 Attention): a slot's weight on a token is scaled by its share of the slots' softmax over that
 token, times the number of slots (so slots that agree keep exactly their old weights). Without it,
 every slot of stage 16 copied the same blend of a chat's names (" Clara" .36, " Rex" .25, " Oslo"
-.11), and the blend's embedding raised junk tokens (" setattr") for every question about a short
-chat with several facts. The share is a function of one token's scores, so streaming stays exact.
+.11), and the blend's embedding raised junk tokens (" setattr") for questions about a short chat
+with several facts. The share is a function of one token's scores, so streaming stays exact.
 """
 
 from __future__ import annotations

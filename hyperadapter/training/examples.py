@@ -13,9 +13,9 @@ exact wording without reading what they ask; a description with some words dropp
 reordered, or one solved example appended asks the same thing in other words. Generated tasks
 (data.synthetic) can stand in for a share of the task and demonstrations contexts. A chat can be cut
 to one or a few of its messages, with or without the assistant's replies (`short_history_share`):
-new users bring that little. Locality
-queries (another task's query under this context's adapter) can come from a fixed pool whose
-generation queries carry the base's own reply as the answer (training.locality).
+new users bring that little. Locality queries (another task's query under this context's adapter)
+can come from a fixed pool whose generation queries carry the base's own reply as the answer
+(training.locality).
 """
 
 from __future__ import annotations

@@ -91,8 +91,8 @@ class Recipe:
     # prompt with the name it held ("Pepper Pepper ...").
     short_history_share: float = 0.0
     short_history_lines: list[int] = field(default_factory=lambda: [1, 2])  # messages kept, drawn evenly
-    # Share of those cuts that keep the assistant's reply after each kept message. Stage 16 answered
-    # a short real chat of two facts and its replies with junk (" setattr"); one fact alone, right.
+    # Share of those cuts that keep the assistant's reply after each kept message, as real short
+    # chats do. (Stage 19 trained on such cuts; alone they did not mend short chats: model card.)
     short_history_replies: float = 0.0
     # generator architecture (GeneratorConfig fields)
     generator: dict = field(default_factory=dict)
