@@ -144,7 +144,7 @@ def test_context_changes_the_adapter(base, sentence_encoder):
     assert not torch.allclose(a.weights[m][1], b.weights[m][1])
 
 
-@pytest.mark.parametrize("compete", [False, True])
+@pytest.mark.parametrize("compete", [0.0, 10.0])
 def test_streaming_update_equals_reading_the_whole_history(base, sentence_encoder, compete):
     # small chunks: several boundaries
     g = Generator.fresh(base, sentence_encoder, seed=2, chunk_tokens=32, copy_compete=compete)
@@ -180,6 +180,7 @@ def test_competing_copy_slots_keep_agreeing_slots_and_split_the_tokens_they_disa
     config = GeneratorConfig(num_layers=1, hidden_size=16, rank=2, latent=16, heads=2, copy_dim=4,
                              modules={"down_proj": ["model.layers.{layer}.mlp.down_proj", 24, 16]})
     net = HyperNetwork(config)
+    net.config.copy_compete = 1.0
     weights = lambda scores: torch.softmax(scores, -1)  # over tokens, as the copy head reads them
     same = torch.tensor([[[2.0, 0.0, 1.0], [2.0, 0.0, 1.0]]])  # [B=1, N=2 slots, T=3 tokens]
     assert torch.allclose(weights(net._compete(same)), weights(same))  # agreeing slots: unchanged
@@ -188,10 +189,13 @@ def test_competing_copy_slots_keep_agreeing_slots_and_split_the_tokens_they_disa
     assert after[0, 0, 0] > before[0, 0, 0] + 0.1 and after[0, 1, 1] > before[0, 1, 1] + 0.1
     assert after[0, 0, 1] < before[0, 0, 1] and after[0, 1, 0] < before[0, 1, 0]  # less of the other's token
     close = torch.tensor([[[2.0, 1.95, -3.0], [1.95, 2.0, -3.0]]])  # slots that barely disagree
-    net.config.copy_compete_sharpness = 50.0
+    net.config.copy_compete = 50.0
     sharp = weights(net._compete(close))
     assert sharp[0, 0, 0] > 0.9 and sharp[0, 1, 1] > 0.9  # a sharp competition still splits them
     assert torch.allclose(weights(net._compete(same)), weights(same))
+    net.config.copy_compete = 0.0
+    assert torch.allclose(net._compete(split), split)  # no competition at 0
+
 
 def test_one_training_step_lowers_the_loss_on_a_fixed_batch(tmp_path):
     from hyperadapter.training.loop import Trainer
@@ -613,7 +617,7 @@ def _features(g, contexts):
     return feats, mask, emb, sentence, torch.zeros(len(contexts), dtype=torch.long)
 
 
-@pytest.mark.parametrize("compete", [False, True])
+@pytest.mark.parametrize("compete", [0.0, 10.0])
 def test_copy_inspection_gives_the_weights_the_adapter_is_built_from(base, sentence_encoder, compete):
     from hyperadapter.generator.inspect import copy_attention
     from hyperadapter.generator.encoder import token_embeddings

@@ -39,8 +39,8 @@ class GeneratorConfig:
     # so that it can reach the needed size in hundreds of steps, not tens of thousands.
     copy_scale: float = 200.0
     copy_features: bool = True  # the copy attention's pooled features inform each slot's latent (hypernet.py)
-    copy_compete: bool = False  # a (layer, module)'s rank slots compete for each token they copy (hypernet.py)
-    copy_compete_sharpness: float = 1.0  # the slots' softmax over a token is taken of scores x this
+    # how sharply a (layer, module)'s rank slots compete for each token they copy (hypernet.py); 0: not at all
+    copy_compete: float = 0.0
     use_sentence: bool = True
     use_tokens: bool = True
 

@@ -16,9 +16,10 @@ Without it, early training learned a context-independent "answer format" adapter
 With `copy_features`, the copy attention also pools the *features* of the tokens it picks, and they
 join the query's latent: a slot then knows what it copied and in what context, so its A row (when
 the slot fires) can depend on the copied word instead of being the same for every context.
-With `copy_compete`, the rank slots of one (layer, module) also compete for each token (as in Slot
-Attention): a slot's weight on a token is scaled by its share of the slots' softmax over that
-token, times the number of slots (so slots that agree keep exactly their old weights). Without it,
+With `copy_compete` > 0, the rank slots of one (layer, module) also compete for each token (as in
+Slot Attention): a slot's weight on a token is scaled by its share of the slots' softmax over that
+token's scores x copy_compete, times the number of slots (so slots that agree keep exactly their
+old weights; at 0 every share is 1: no competition). Without it,
 every slot of stage 16 copied the same blend of a chat's names (" Clara" .36, " Rex" .25, " Oslo"
 .11), and the blend's embedding raised junk tokens (" setattr") for questions about a short chat
 with several facts. The share is a function of one token's scores, so streaming stays exact.
@@ -228,12 +229,12 @@ class HyperNetwork(nn.Module):
             return state
         x = self.feature_norm(features.to(self.null_k.dtype))
         k, v = self._heads(self.to_k(x)), self._heads(self.to_v(x))  # [B, T, h, dh]
-        q, _ = self._projected_queries()  # [N, h, dh]
+        q, copy_q = self._projected_queries()  # [N, h, dh], [N, copy_dim]
         pad = ~mask.bool()
         scores = torch.einsum("nhd,bthd->bnht", q, k) / math.sqrt(self.dh)
         scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
         main = _online(state.max, state.norm, state.sum, scores, v, "bnht,bthd->bnhd")
-        copy_scores = self.copy_scores(x).masked_fill(pad[:, None, :], float("-inf"))
+        copy_scores = self.copy_scores(x, copy_q).masked_fill(pad[:, None, :], float("-inf"))
         copy_values = embeddings.to(x.dtype)
         if self.copy_feature is not None:
             copy_values = torch.cat([copy_values, x], -1)
@@ -241,22 +242,23 @@ class HyperNetwork(nn.Module):
                        copy_values, "bnt,bth->bnh")
         return AttentionState(*main, *copy)
 
-    def copy_scores(self, x: Tensor) -> Tensor:
+    def copy_scores(self, x: Tensor, copy_q: Tensor | None = None) -> Tensor:
         """The copy head's scores [B, N, T] for normed token features x [B, T, hidden] (the null
-        key's are init_state's copy_max)."""
-        _, copy_q = self._projected_queries()
+        key's are init_state's copy_max); `copy_q`, the projected copy queries, if already at hand."""
+        if copy_q is None:
+            _, copy_q = self._projected_queries()
         scores = torch.einsum("nc,btc->bnt", copy_q, self.copy_k(x)) / math.sqrt(self.config.copy_dim)
         return self._compete(scores) if self.config.copy_compete else scores
 
     def _compete(self, scores: Tensor) -> Tensor:
         """scores [B, N, T] + log(rank * softmax over each (layer, module)'s rank slots of scores x
-        sharpness): the softmax over tokens then weighs a token by the slot's share of it (see the
-        module doc). A high sharpness gives each token to the slot that scores it highest, however
-        slightly: slots that copy one blend are split apart from the first step."""
+        copy_compete): the softmax over tokens then weighs a token by the slot's share of it (see
+        the module doc). A high copy_compete gives each token to the slot that scores it highest,
+        however slightly: slots that copy one blend are split apart from the first step."""
         b, n, t = scores.shape
         r = self.config.rank
         grouped = scores.reshape(b, n // r, r, t)
-        sharp = grouped * self.config.copy_compete_sharpness
+        sharp = grouped * self.config.copy_compete
         share = sharp - torch.logsumexp(sharp, dim=2, keepdim=True) + math.log(r)
         return (grouped + share).reshape(b, n, t)
 

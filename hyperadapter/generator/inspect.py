@@ -37,7 +37,7 @@ def copy_attention(generator: Generator, context: str, kind: str) -> CopyReport:
     features, ids = generator.context_features([[context]], [kind])[0]
     if len(ids) == 0:
         raise ValueError("the context has no tokens")
-    x = net.feature_norm(features.float()[None].to(net.null_k.dtype))
+    x = net.feature_norm(features[None].to(net.null_k.dtype))
     null = net.init_state(1).copy_max  # [1, N]: the null key's scores
     weights = torch.softmax(torch.cat([null[..., None], net.copy_scores(x)], -1), -1)[0]  # [N, 1 + T]
     weights = weights.reshape(c.num_layers, len(c.module_names), c.rank, -1)

@@ -91,7 +91,7 @@ def _pad_features(features: list[tuple[torch.Tensor, torch.Tensor]], embed) -> t
 
 # [generator] keys a run that continues a checkpoint (init_from) may change: neither changes a
 # parameter's shape. Any other key that differs from the checkpoint's would be ignored: an error.
-CONTINUABLE = {"copy_scale", "copy_compete", "copy_compete_sharpness", "feature_layer", "kind_layers"}
+CONTINUABLE = {"copy_scale", "copy_compete", "feature_layer", "kind_layers"}
 
 
 class Trainer:
@@ -119,9 +119,7 @@ class Trainer:
                 raise ValueError(f"init_from keeps the checkpoint's architecture: [generator] may change only "
                                  f"{', '.join(sorted(CONTINUABLE))} when continuing, not {', '.join(changed)}")
             if "copy_compete" in recipe.generator:  # no parameter of its own: the same weights, competing
-                config.copy_compete = bool(recipe.generator["copy_compete"])
-            if "copy_compete_sharpness" in recipe.generator:
-                config.copy_compete_sharpness = float(recipe.generator["copy_compete_sharpness"])
+                config.copy_compete = float(recipe.generator["copy_compete"])
             if "copy_scale" in recipe.generator:  # continuing with a faster-learning copy gain
                 self.generator.hypernet.set_copy_scale(float(recipe.generator["copy_scale"]))
             if "feature_layer" in recipe.generator or "kind_layers" in recipe.generator:
