@@ -49,6 +49,8 @@ def perturb_generator(generator, seed: int = 0):
     with torch.no_grad():
         for p in list(generator.hypernet.scale_b.values()) + list(generator.hypernet.copy_gain.values()):
             p.copy_(torch.rand(p.shape, generator=g) * 0.2 + 0.05)
+        for p in generator.hypernet.copy_key_out.values():  # copy keys, if any
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     return generator
 
 

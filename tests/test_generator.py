@@ -144,10 +144,10 @@ def test_context_changes_the_adapter(base, sentence_encoder):
     assert not torch.allclose(a.weights[m][1], b.weights[m][1])
 
 
-@pytest.mark.parametrize("compete", [0.0, 10.0])
-def test_streaming_update_equals_reading_the_whole_history(base, sentence_encoder, compete):
+@pytest.mark.parametrize("compete,keys", [(0.0, 0), (10.0, 8)])
+def test_streaming_update_equals_reading_the_whole_history(base, sentence_encoder, compete, keys):
     # small chunks: several boundaries
-    g = Generator.fresh(base, sentence_encoder, seed=2, chunk_tokens=32, copy_compete=compete)
+    g = Generator.fresh(base, sentence_encoder, seed=2, chunk_tokens=32, copy_compete=compete, copy_keys=keys)
     _perturb(g)
     messages = ["user: Hi there, my dog is called Rex.\n", "assistant: Hello! Rex is a fine name.\n",
                 "user: " + "I love long walks by the sea, especially in autumn. " * 6 + "\n",
@@ -195,6 +195,47 @@ def test_competing_copy_slots_keep_agreeing_slots_and_split_the_tokens_they_disa
     assert torch.allclose(weights(net._compete(same)), weights(same))
     net.config.copy_compete = 0.0
     assert torch.allclose(net._compete(split), split)  # no competition at 0
+
+
+def test_copy_keys_added_to_a_trained_generator_change_nothing_until_trained_then_steer_copy_rows(tmp_path, base, sentence_encoder):
+    from hyperadapter.generator.config import GeneratorConfig
+    from hyperadapter.training.loop import Trainer
+    from hyperadapter.training.recipe import Recipe
+    write_tiny_data(tmp_path / "data")
+    checkpoint = _perturb(Generator.fresh(base, sentence_encoder, seed=3)).save_pretrained(tmp_path / "gen")
+    chat = "user: My sister is called Clara.\nuser: My dog is called Rex.\n"
+    before = Generator.from_pretrained(checkpoint, base, sentence_encoder).generate_adapter(chat, "conversation")
+    common = dict(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), init_from=str(checkpoint),
+                  contexts_per_batch=2, queries_per_context=1, eval_batches=1, lr=1e-2, warmup_steps=1)
+    trainer = Trainer(Recipe(**common, generator={"copy_keys": 8}))
+    keyed = trainer.generator
+    assert keyed.config.copy_keys == 8
+    with torch.no_grad():
+        grown = keyed.generate_adapter(chat, "conversation")
+    for m in before.weights:  # zero-initialised keys: the very same adapter
+        for x, y in zip(before.weights[m], grown.weights[m]):
+            assert torch.equal(x, y), m
+    loss = trainer.losses(trainer.sampler.sample(2, 1), False)["total"]
+    trainer.accelerator.backward(loss)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in keyed.hypernet.copy_key_out.values())
+    trainer.optimizer.step()
+    with torch.no_grad():
+        trained = keyed.generate_adapter(chat, "conversation")
+    # the keys join the A rows of the copy module (down_proj) only; what B writes is another matter
+    assert not torch.allclose(trained.weights["model.layers.3.mlp.down_proj"][0],
+                              before.weights["model.layers.3.mlp.down_proj"][0])
+    keyed.save_pretrained(tmp_path / "keyed")
+    again = Generator.from_pretrained(tmp_path / "keyed", base, sentence_encoder)
+    assert again.config.copy_keys == 8
+    with torch.no_grad():
+        reloaded = again.generate_adapter(chat, "conversation")
+    for m in trained.weights:
+        for x, y in zip(trained.weights[m], reloaded.weights[m]):
+            assert torch.allclose(x, y), m
+    with pytest.raises(ValueError, match="already has copy keys"):
+        Trainer(Recipe(**{**common, "init_from": str(tmp_path / "keyed")}, generator={"copy_keys": 4}))
+    with pytest.raises(ValueError, match="copy_features"):
+        GeneratorConfig(copy_keys=8, copy_features=False)
 
 
 def test_one_training_step_lowers_the_loss_on_a_fixed_batch(tmp_path):

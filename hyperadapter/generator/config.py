@@ -41,6 +41,10 @@ class GeneratorConfig:
     copy_features: bool = True  # the copy attention's pooled features inform each slot's latent (hypernet.py)
     # how sharply a (layer, module)'s rank slots compete for each token they copy (hypernet.py); 0: not at all
     copy_compete: float = 0.0
+    # Width of each copy slot's key: its pooled copied features go through a shared map to this many
+    # numbers and a per-layer map to the module's input, and join the slot's A row, so that the
+    # question about a fact fires the slot that copied it (hypernet.py); 0: no keys
+    copy_keys: int = 0
     use_sentence: bool = True
     use_tokens: bool = True
 
@@ -48,6 +52,10 @@ class GeneratorConfig:
         unknown = sorted(set(self.kind_layers) - set(KIND_IDS))
         if unknown:
             raise ValueError(f"kind_layers names unknown kinds {unknown}; the kinds are {', '.join(KIND_IDS)}")
+        if self.copy_keys and not self.copy_features:
+            raise ValueError("copy_keys needs copy_features: a slot's key is made from the features it copied")
+        if self.copy_keys < 0:
+            raise ValueError(f"copy_keys must be 0 (off) or a positive width, not {self.copy_keys}")
 
     def layer_for(self, kind: str) -> int:
         """The base layer whose hidden states a context of this kind is read from."""

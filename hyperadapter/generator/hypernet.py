@@ -23,6 +23,13 @@ old weights; at 0 every share is 1: no competition). Without it,
 every slot of stage 16 copied the same blend of a chat's names (" Clara" .36, " Rex" .25, " Oslo"
 .11), and the blend's embedding raised junk tokens (" setattr") for questions about a short chat
 with several facts. The share is a function of one token's scores, so streaming stays exact.
+With `copy_keys` > 0, each copy slot also gets a key: its pooled copied features (the base's
+hidden states where it copied, which know "my sister ... Clara") go through a shared map to
+copy_keys numbers and a per-layer map into the module's input space, and are added to its A row.
+A slot is then a key-value memory entry: the key says when to fire, the copied embedding what to
+write. Through the latent alone the A row is one shared head's view of the features, and competing
+slots of stage 21 still gave one name to every question about a chat. The per-layer maps start at
+zero, so adding keys to a trained generator changes nothing until they learn.
 """
 
 from __future__ import annotations
@@ -130,6 +137,10 @@ class HyperNetwork(nn.Module):
         self.copy_gain = nn.ParameterDict({m: nn.Parameter(torch.zeros(c.num_layers, 1, c.rank))
                                            for m in self.copy_modules})
         self.copy_feature = nn.Linear(c.hidden_size, d) if c.copy_features else None
+        self.copy_key_in: nn.Linear | None = None
+        self.copy_key_out = nn.ParameterDict()
+        if c.copy_keys:
+            self._build_copy_keys()
         self.sentence = nn.Linear(c.sentence_dim, d) if c.use_sentence else None
         self.kind_emb = nn.Embedding(len(KIND_IDS), d)
         nn.init.normal_(self.kind_emb.weight, std=0.02)
@@ -140,6 +151,25 @@ class HyperNetwork(nn.Module):
         self.scale_a = nn.ParameterDict({m: nn.Parameter(torch.full((c.num_layers, 1, 1), 1.0 / math.sqrt(c.shape(m)[0])))
                                          for m in c.module_names})
         self.scale_b = nn.ParameterDict({m: nn.Parameter(torch.zeros(c.num_layers, 1, 1)) for m in c.module_names})
+
+    def _build_copy_keys(self) -> None:
+        c = self.config
+        self.copy_key_in = nn.Linear(c.hidden_size, c.copy_keys, bias=False)
+        for m in self.copy_modules:  # zero: keys add nothing until trained
+            self.copy_key_out[m] = nn.Parameter(torch.zeros(c.num_layers, c.copy_keys, c.shape(m)[0]))
+
+    def add_copy_keys(self, width: int) -> None:
+        """Give a generator trained without keys `width`-wide ones (they change nothing until trained)."""
+        c = self.config
+        if c.copy_keys == width:
+            return
+        if c.copy_keys:
+            raise ValueError(f"this generator already has copy keys {c.copy_keys} wide, not {width}")
+        if not c.copy_features or width <= 0:
+            raise ValueError("copy_keys needs copy_features and a positive width")
+        c.copy_keys = width
+        self._build_copy_keys()
+        self.to(self.null_k.dtype)
 
     @torch.no_grad()
     def set_copy_scale(self, scale: float) -> None:
@@ -281,6 +311,9 @@ class HyperNetwork(nn.Module):
         z = self.out_norm(z).reshape(batch, c.num_layers, self.n_modules, c.rank, -1)
         out = {}
         copied = copied_all[..., :hidden].reshape(batch, c.num_layers, self.n_modules, c.rank, -1)  # [B, L, M, r, hidden]
+        if self.copy_key_in is not None:  # [B, L, M, r, copy_keys]
+            keys = self._linear(self.copy_key_in, copied_all[..., hidden:]).reshape(
+                batch, c.num_layers, self.n_modules, c.rank, -1)
         for i, m in enumerate(c.module_names):
             fan_in, fan_out = c.shape(m)
             rows = self._linear(self.heads[m], z[:, :, i])  # [B, L, r, in + out]
@@ -289,6 +322,8 @@ class HyperNetwork(nn.Module):
             if m in self.copy_gain:
                 gain = self.copy_gain[m].transpose(-1, -2) * self.config.copy_scale
                 b = b + copied[:, :, i] * gain
+                if self.copy_key_in is not None:
+                    a = a + torch.einsum("blrk,lki->blri", keys[:, :, i], self.copy_key_out[m]) * self.scale_a[m]
             out[m] = (a, b.transpose(-1, -2))  # B: [B, L, out, r]
         return out
 

@@ -92,6 +92,8 @@ def _pad_features(features: list[tuple[torch.Tensor, torch.Tensor]], embed) -> t
 # [generator] keys a run that continues a checkpoint (init_from) may change: neither changes a
 # parameter's shape. Any other key that differs from the checkpoint's would be ignored: an error.
 CONTINUABLE = {"copy_scale", "copy_compete", "feature_layer", "kind_layers"}
+# ... and keys that add parameters that start at zero (the same outputs until trained)
+GROWABLE = {"copy_keys"}
 
 
 class Trainer:
@@ -111,13 +113,15 @@ class Trainer:
         encoder = SentenceEncoder()
         if recipe.init_from:
             self.generator = Generator.from_pretrained(recipe.init_from, self.base, encoder)
-            self.generator.hypernet.requires_grad_(True)
             config = self.generator.config
             changed = sorted(k for k, v in recipe.generator.items()
-                             if k not in CONTINUABLE and getattr(config, k, object()) != v)
+                             if k not in CONTINUABLE | GROWABLE and getattr(config, k, object()) != v)
             if changed:
                 raise ValueError(f"init_from keeps the checkpoint's architecture: [generator] may change only "
                                  f"{', '.join(sorted(CONTINUABLE))} when continuing, not {', '.join(changed)}")
+            if "copy_keys" in recipe.generator:
+                self.generator.hypernet.add_copy_keys(int(recipe.generator["copy_keys"]))
+            self.generator.hypernet.requires_grad_(True)
             if "copy_compete" in recipe.generator:  # no parameter of its own: the same weights, competing
                 config.copy_compete = float(recipe.generator["copy_compete"])
             if "copy_scale" in recipe.generator:  # continuing with a faster-learning copy gain
