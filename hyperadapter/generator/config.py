@@ -45,6 +45,9 @@ class GeneratorConfig:
     # numbers and a per-layer map to the module's input, and join the slot's A row, so that the
     # question about a fact fires the slot that copied it (hypernet.py); 0: no keys
     copy_keys: int = 0
+    # The per-layer key maps are learned as raw * copy_key_scale, for copy_scale's reason: scaled like
+    # the A rows (x ~0.03), 120 steps left the keys 1% of the rows (stage 23)
+    copy_key_scale: float = 1.0
     use_sentence: bool = True
     use_tokens: bool = True
 

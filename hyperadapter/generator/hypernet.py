@@ -323,7 +323,7 @@ class HyperNetwork(nn.Module):
                 gain = self.copy_gain[m].transpose(-1, -2) * self.config.copy_scale
                 b = b + copied[:, :, i] * gain
                 if self.copy_key_in is not None:
-                    a = a + torch.einsum("blrk,lki->blri", keys[:, :, i], self.copy_key_out[m]) * self.scale_a[m]
+                    a = a + torch.einsum("blrk,lki->blri", keys[:, :, i], self.copy_key_out[m]) * c.copy_key_scale
             out[m] = (a, b.transpose(-1, -2))  # B: [B, L, out, r]
         return out
 

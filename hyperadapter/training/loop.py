@@ -93,7 +93,7 @@ def _pad_features(features: list[tuple[torch.Tensor, torch.Tensor]], embed) -> t
 # parameter's shape. Any other key that differs from the checkpoint's would be ignored: an error.
 CONTINUABLE = {"copy_scale", "copy_compete", "feature_layer", "kind_layers"}
 # ... and keys that add parameters that start at zero (the same outputs until trained)
-GROWABLE = {"copy_keys"}
+GROWABLE = {"copy_keys", "copy_key_scale"}
 
 
 class Trainer:
@@ -119,6 +119,10 @@ class Trainer:
             if changed:
                 raise ValueError(f"init_from keeps the checkpoint's architecture: [generator] may change only "
                                  f"{', '.join(sorted(CONTINUABLE))} when continuing, not {', '.join(changed)}")
+            if "copy_key_scale" in recipe.generator and config.copy_key_scale != recipe.generator["copy_key_scale"]:
+                if config.copy_keys:
+                    raise ValueError("copy_key_scale may change only while adding copy keys, not on a generator that has them")
+                config.copy_key_scale = float(recipe.generator["copy_key_scale"])
             if "copy_keys" in recipe.generator:
                 self.generator.hypernet.add_copy_keys(int(recipe.generator["copy_keys"]))
             self.generator.hypernet.requires_grad_(True)
