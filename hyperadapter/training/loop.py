@@ -118,7 +118,7 @@ class Trainer:
                              if k not in CONTINUABLE | GROWABLE and getattr(config, k, object()) != v)
             if changed:
                 raise ValueError(f"init_from keeps the checkpoint's architecture: [generator] may change only "
-                                 f"{', '.join(sorted(CONTINUABLE))} when continuing, not {', '.join(changed)}")
+                                 f"{', '.join(sorted(CONTINUABLE | GROWABLE))} when continuing, not {', '.join(changed)}")
             if "copy_key_scale" in recipe.generator and config.copy_key_scale != recipe.generator["copy_key_scale"]:
                 if config.copy_keys:
                     raise ValueError("copy_key_scale may change only while adding copy keys, not on a generator that has them")
