@@ -34,6 +34,7 @@ zero, so adding keys to a trained generator changes nothing until they learn.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -158,16 +159,20 @@ class HyperNetwork(nn.Module):
         for m in self.copy_modules:  # zero: keys add nothing until trained
             self.copy_key_out[m] = nn.Parameter(torch.zeros(c.num_layers, c.copy_keys, c.shape(m)[0]))
 
-    def add_copy_keys(self, width: int) -> None:
-        """Give a generator trained without keys `width`-wide ones (they change nothing until trained)."""
+    def add_copy_keys(self, width: int, scale: float | None = None) -> None:
+        """Give a generator trained without keys `width`-wide ones, learned as raw x `scale` (they
+        change nothing until trained). Keys it already has stay as they are: same width and scale."""
         c = self.config
-        if c.copy_keys == width:
-            return
+        scale = c.copy_key_scale if scale is None else float(scale)
         if c.copy_keys:
-            raise ValueError(f"this generator already has copy keys {c.copy_keys} wide, not {width}")
-        if not c.copy_features or width <= 0:
-            raise ValueError("copy_keys needs copy_features and a positive width")
-        c.copy_keys = width
+            if (c.copy_keys, c.copy_key_scale) != (width, scale):
+                raise ValueError(f"this generator already has copy keys {c.copy_keys} wide at scale "
+                                 f"{c.copy_key_scale}, not {width} at {scale}")
+            return
+        if not width:
+            return
+        dataclasses.replace(c, copy_keys=width, copy_key_scale=scale)  # the config's own checks, first
+        c.copy_keys, c.copy_key_scale = width, scale  # in place: the generator holds this same config
         self._build_copy_keys()
         self.to(self.null_k.dtype)
 
@@ -310,10 +315,7 @@ class HyperNetwork(nn.Module):
             z = block(z, self._linear)
         z = self.out_norm(z).reshape(batch, c.num_layers, self.n_modules, c.rank, -1)
         out = {}
-        copied = copied_all[..., :hidden].reshape(batch, c.num_layers, self.n_modules, c.rank, -1)  # [B, L, M, r, hidden]
-        if self.copy_key_in is not None:  # [B, L, M, r, copy_keys]
-            keys = self._linear(self.copy_key_in, copied_all[..., hidden:]).reshape(
-                batch, c.num_layers, self.n_modules, c.rank, -1)
+        copied = copied_all.reshape(batch, c.num_layers, self.n_modules, c.rank, -1)  # [B, L, M, r, hidden * copy_width]
         for i, m in enumerate(c.module_names):
             fan_in, fan_out = c.shape(m)
             rows = self._linear(self.heads[m], z[:, :, i])  # [B, L, r, in + out]
@@ -321,9 +323,10 @@ class HyperNetwork(nn.Module):
             b = rows[..., fan_in:] * self.scale_b[m]  # [B, L, r, out]
             if m in self.copy_gain:
                 gain = self.copy_gain[m].transpose(-1, -2) * self.config.copy_scale
-                b = b + copied[:, :, i] * gain
-                if self.copy_key_in is not None:
-                    a = a + torch.einsum("blrk,lki->blri", keys[:, :, i], self.copy_key_out[m]) * c.copy_key_scale
+                b = b + copied[:, :, i, :, :hidden] * gain
+                if self.copy_key_in is not None:  # keys of this module's slots only: [B, L, r, copy_keys]
+                    keys = self._linear(self.copy_key_in, copied[:, :, i, :, hidden:])
+                    a = a + torch.einsum("blrk,lki->blri", keys, self.copy_key_out[m]) * c.copy_key_scale
             out[m] = (a, b.transpose(-1, -2))  # B: [B, L, out, r]
         return out
 

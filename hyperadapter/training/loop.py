@@ -119,12 +119,9 @@ class Trainer:
             if changed:
                 raise ValueError(f"init_from keeps the checkpoint's architecture: [generator] may change only "
                                  f"{', '.join(sorted(CONTINUABLE | GROWABLE))} when continuing, not {', '.join(changed)}")
-            if "copy_key_scale" in recipe.generator and config.copy_key_scale != recipe.generator["copy_key_scale"]:
-                if config.copy_keys:
-                    raise ValueError("copy_key_scale may change only while adding copy keys, not on a generator that has them")
-                config.copy_key_scale = float(recipe.generator["copy_key_scale"])
-            if "copy_keys" in recipe.generator:
-                self.generator.hypernet.add_copy_keys(int(recipe.generator["copy_keys"]))
+            if GROWABLE & recipe.generator.keys():
+                self.generator.hypernet.add_copy_keys(int(recipe.generator.get("copy_keys", config.copy_keys)),
+                                                      recipe.generator.get("copy_key_scale"))
             self.generator.hypernet.requires_grad_(True)
             if "copy_compete" in recipe.generator:  # no parameter of its own: the same weights, competing
                 config.copy_compete = float(recipe.generator["copy_compete"])
