@@ -107,14 +107,14 @@ def short_stages(generator, describe, runs: int) -> dict[str, list[float]]:
     """Where a one-sentence adapter's time goes, stage by stage (each timed alone, new texts)."""
     tokens = lambda i: generator.segment_tokens(describe(i))  # noqa: E731
     features = generator._token_features([[tokens(0)]], ["task"])
-    state = generator._absorb_rows(generator.hypernet.init_state(1), features)
+    state = generator._absorb_rows(generator.hypernet.init_state(1), features, ["task"])
     sentence = generator.sentence_encoder.encode([describe(0)])
     layers = generator.config.layer_for("task")
     return {
         "sentence encoder (the cache key)": timed([lambda i: generator.sentence_encoder.encode([describe(i)])], runs)[0],
         f"base feature pass ({layers} layers)": timed([lambda i: generator._token_features([[tokens(i)]], ["task"])], runs)[0],
         "hypernetwork attention over the tokens": timed(
-            [lambda i: generator._absorb_rows(generator.hypernet.init_state(1), features)], runs)[0],
+            [lambda i: generator._absorb_rows(generator.hypernet.init_state(1), features, ["task"])], runs)[0],
         "hypernetwork heads -> adapter tensors": timed(
             [lambda i: generator._group_adapters(state, sentence, ["task"], [{}])], runs)[0],
     }

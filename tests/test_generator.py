@@ -14,6 +14,7 @@ import torch
 
 from hyperadapter.config import REPO_ROOT, default_data_root
 from hyperadapter.generator import Generator, GeneratorError
+from hyperadapter.generator.config import KIND_IDS
 from tests.conftest import perturb_generator as _perturb, write_tiny_data
 
 
@@ -115,8 +116,9 @@ def test_reading_a_new_context_equals_absorbing_it_into_the_empty_state(base, se
     mask = torch.stack([pad(torch.ones(len(f), dtype=torch.long), (0, width - len(f))) for f, _ in rows])
     assert int(mask.sum()) < mask.numel()  # one row is padded
     with torch.no_grad():
-        read = g.hypernet.read(feats, mask, embs)
-        absorbed = g.hypernet.absorb(g.hypernet.init_state(2), feats, mask, embs)
+        ids = torch.tensor([KIND_IDS["task"], KIND_IDS["conversation"]])
+        read = g.hypernet.read(feats, mask, embs, ids)
+        absorbed = g.hypernet.absorb(g.hypernet.init_state(2), feats, mask, embs, ids)
     for name, x in read.tensors().items():
         assert torch.equal(x, absorbed.tensors()[name]), name
     assert float(read.copy_sum.abs().max()) > 0  # the copy head did read the tokens
@@ -238,6 +240,35 @@ def test_copy_keys_added_to_a_trained_generator_change_nothing_until_trained_the
         Trainer(Recipe(**{**common, "init_from": str(tmp_path / "keyed")}, generator={"copy_key_scale": 2.0}))
     with pytest.raises(ValueError, match="copy_features"):
         GeneratorConfig(copy_keys=8, copy_features=False)
+    routed = Trainer(Recipe(**{**common, "init_from": str(tmp_path / "keyed")}, generator={"routed_kinds": ["conversation"]}))
+    assert routed.generator.config.routed_kinds == ["conversation"]
+    with pytest.raises(ValueError, match="unknown kinds"):
+        Trainer(Recipe(**{**common, "init_from": str(tmp_path / "keyed")}, generator={"routed_kinds": ["poem"]}))
+
+
+def test_routing_by_kind_leaves_the_other_kinds_as_without_competition_and_keys(base, sentence_encoder):
+    from hyperadapter.generator.config import GeneratorConfig
+    g = _perturb(Generator.fresh(base, sentence_encoder, seed=5, copy_compete=10.0, copy_keys=8))
+    items = [("task", "Name the capital of the given country."),
+             ("conversation", "user: My sister is called Clara.\nuser: My dog is called Rex.\n")]
+    every_kind = g.generate_many(items)
+    g.config.routed_kinds = ["conversation"]
+    chats_only = g.generate_many(items)
+    g.config.copy_compete = 0.0
+    with torch.no_grad():
+        for p in g.hypernet.copy_key_out.values():
+            p.zero_()
+    unrouted = g.generate_many(items)
+    for m in unrouted[0].weights:
+        for routed, plain in zip(chats_only[0].weights[m], unrouted[0].weights[m]):
+            assert torch.equal(routed, plain), m  # the task reads as with neither
+        for routed, before in zip(chats_only[1].weights[m], every_kind[1].weights[m]):
+            assert torch.equal(routed, before), m  # the chat as before
+    down = "model.layers.3.mlp.down_proj"  # and both did act here: on the task before, on the chat now
+    assert not torch.allclose(every_kind[0].weights[down][0], unrouted[0].weights[down][0])
+    assert not torch.allclose(chats_only[1].weights[down][0], unrouted[1].weights[down][0])
+    with pytest.raises(ValueError, match="routed_kinds names unknown kinds"):
+        GeneratorConfig(routed_kinds=["poem"])
 
 
 def test_one_training_step_lowers_the_loss_on_a_fixed_batch(tmp_path):
@@ -675,7 +706,8 @@ def test_copy_inspection_gives_the_weights_the_adapter_is_built_from(base, sente
     with torch.no_grad():
         feats, _ = g.context_features([[context]], ["conversation"])[0]
         emb = token_embeddings(base, ids[None]).float()
-        state = g.hypernet.read(feats.float()[None], torch.ones(1, len(ids), dtype=torch.long), emb)
+        state = g.hypernet.read(feats.float()[None], torch.ones(1, len(ids), dtype=torch.long), emb,
+                                torch.tensor([KIND_IDS["conversation"]]))
     hidden = g.config.hidden_size
     pooled = (state.copy_sum[0, :, :hidden] / state.copy_norm[0, :, None]).reshape(*report.weights.shape[:3], hidden)
     expected = torch.einsum("lmrt,th->lmrh", report.weights[..., 1:], emb[0])

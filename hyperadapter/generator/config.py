@@ -48,13 +48,17 @@ class GeneratorConfig:
     # The per-layer key maps are learned as raw * copy_key_scale, for copy_scale's reason: scaled like
     # the A rows (x ~0.03), 120 steps left the keys 1% of the rows (stage 23)
     copy_key_scale: float = 1.0
+    # The kinds whose copy slots compete (copy_compete) and carry keys (copy_keys); the others copy as
+    # without them. Stages 21-25 routed every kind: chats gained, tasks and documents lost (model card)
+    routed_kinds: list[str] = field(default_factory=lambda: list(KIND_IDS))
     use_sentence: bool = True
     use_tokens: bool = True
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.kind_layers) - set(KIND_IDS))
-        if unknown:
-            raise ValueError(f"kind_layers names unknown kinds {unknown}; the kinds are {', '.join(KIND_IDS)}")
+        for name in ("kind_layers", "routed_kinds"):
+            unknown = sorted(set(getattr(self, name)) - set(KIND_IDS))
+            if unknown:
+                raise ValueError(f"{name} names unknown kinds {unknown}; the kinds are {', '.join(KIND_IDS)}")
         if self.copy_keys and not self.copy_features:
             raise ValueError("copy_keys needs copy_features: a slot's key is made from the features it copied")
         if self.copy_keys < 0:

@@ -30,6 +30,7 @@ A slot is then a key-value memory entry: the key says when to fire, the copied e
 write. Through the latent alone the A row is one shared head's view of the features, and competing
 slots of stage 21 still gave one name to every question about a chat. The per-layer maps start at
 zero, so adding keys to a trained generator changes nothing until they learn.
+Both act only for the kinds in `routed_kinds`; the copy slots of other kinds read as without them.
 """
 
 from __future__ import annotations
@@ -249,17 +250,25 @@ class HyperNetwork(nn.Module):
     def copy_width(self) -> int:
         return 2 if self.copy_feature is not None else 1
 
-    def read(self, features: Tensor, mask: Tensor, embeddings: Tensor) -> AttentionState:
+    def routed(self, kind_ids: Tensor) -> Tensor | None:
+        """[B] True where a row's kind is routed (its copy slots compete and carry keys); None when
+        every kind is (and so every row)."""
+        kinds = self.config.routed_kinds
+        if set(kinds) >= set(KIND_IDS):
+            return None
+        return torch.isin(kind_ids, torch.tensor([KIND_IDS[k] for k in kinds], device=kind_ids.device))
+
+    def read(self, features: Tensor, mask: Tensor, embeddings: Tensor, kind_ids: Tensor) -> AttentionState:
         """`absorb(init_state(B), ...)`, the same numbers: a context read at once from nothing. The
         copy head's empty sum is zeros, [B, 720, 1152] for the default model; not multiplying and
         adding them is ~1 ms of a one-sentence adapter."""
-        return self.absorb(self.init_state(features.shape[0]), features, mask, embeddings, copy_empty=True)
+        return self.absorb(self.init_state(features.shape[0]), features, mask, embeddings, kind_ids, copy_empty=True)
 
     def absorb(self, state: AttentionState, features: Tensor, mask: Tensor, embeddings: Tensor,
-               copy_empty: bool = False) -> AttentionState:
+               kind_ids: Tensor, copy_empty: bool = False) -> AttentionState:
         """Fold token features [B, T, hidden] and the tokens' input embeddings [B, T, hidden]
-        (mask [B, T]: 1 = real token) into the running state. `copy_empty`: the copy head's sum is
-        still init_state's zeros (see `read`)."""
+        (mask [B, T]: 1 = real token) of contexts of kinds `kind_ids` [B] into the running state.
+        `copy_empty`: the copy head's sum is still init_state's zeros (see `read`)."""
         if features.shape[1] == 0:
             return state
         x = self.feature_norm(features.to(self.null_k.dtype))
@@ -269,7 +278,7 @@ class HyperNetwork(nn.Module):
         scores = torch.einsum("nhd,bthd->bnht", q, k) / math.sqrt(self.dh)
         scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
         main = _online(state.max, state.norm, state.sum, scores, v, "bnht,bthd->bnhd")
-        copy_scores = self.copy_scores(x, copy_q).masked_fill(pad[:, None, :], float("-inf"))
+        copy_scores = self.copy_scores(x, kind_ids, copy_q).masked_fill(pad[:, None, :], float("-inf"))
         copy_values = embeddings.to(x.dtype)
         if self.copy_feature is not None:
             copy_values = torch.cat([copy_values, x], -1)
@@ -277,13 +286,19 @@ class HyperNetwork(nn.Module):
                        copy_values, "bnt,bth->bnh")
         return AttentionState(*main, *copy)
 
-    def copy_scores(self, x: Tensor, copy_q: Tensor | None = None) -> Tensor:
-        """The copy head's scores [B, N, T] for normed token features x [B, T, hidden] (the null
-        key's are init_state's copy_max); `copy_q`, the projected copy queries, if already at hand."""
+    def copy_scores(self, x: Tensor, kind_ids: Tensor, copy_q: Tensor | None = None) -> Tensor:
+        """The copy head's scores [B, N, T] for normed token features x [B, T, hidden] of contexts
+        of kinds `kind_ids` [B] (the null key's are init_state's copy_max); `copy_q`, the projected
+        copy queries, if already at hand."""
         if copy_q is None:
             _, copy_q = self._projected_queries()
         scores = torch.einsum("nc,btc->bnt", copy_q, self.copy_k(x)) / math.sqrt(self.config.copy_dim)
-        return self._compete(scores) if self.config.copy_compete else scores
+        if not self.config.copy_compete:
+            return scores
+        routed = self.routed(kind_ids)
+        if routed is None:
+            return self._compete(scores)
+        return torch.where(routed[:, None, None], self._compete(scores), scores)
 
     def _compete(self, scores: Tensor) -> Tensor:
         """scores [B, N, T] + log(rank * softmax over each (layer, module)'s rank slots of scores x
@@ -326,7 +341,9 @@ class HyperNetwork(nn.Module):
                 b = b + copied[:, :, i, :, :hidden] * gain
                 if self.copy_key_in is not None:  # keys of this module's slots only: [B, L, r, copy_keys]
                     keys = self._linear(self.copy_key_in, copied[:, :, i, :, hidden:])
-                    a = a + torch.einsum("blrk,lki->blri", keys, self.copy_key_out[m]) * c.copy_key_scale
+                    key_rows = torch.einsum("blrk,lki->blri", keys, self.copy_key_out[m]) * c.copy_key_scale
+                    routed = self.routed(kind_ids)
+                    a = a + (key_rows if routed is None else key_rows * routed[:, None, None, None].to(key_rows.dtype))
             out[m] = (a, b.transpose(-1, -2))  # B: [B, L, out, r]
         return out
 
@@ -335,7 +352,7 @@ class HyperNetwork(nn.Module):
         """The whole pass for a batch of contexts given at once (training goes through here, so that
         a DistributedDataParallel wrapper sees it)."""
         if use_tokens and features.shape[1]:
-            state = self.read(features, mask, embeddings)
+            state = self.read(features, mask, embeddings, kind_ids)
         else:
             state = self.init_state(kind_ids.shape[0])
         return self.factors(state, sentence, kind_ids)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from hyperadapter.generator.config import KIND_IDS
 from hyperadapter.generator.model import Generator, check_kind
 
 
@@ -39,7 +40,7 @@ def copy_attention(generator: Generator, context: str, kind: str) -> CopyReport:
         raise ValueError("the context has no tokens")
     x = net.feature_norm(features[None].to(net.null_k.dtype))
     null = net.init_state(1).copy_max  # [1, N]: the null key's scores
-    weights = torch.softmax(torch.cat([null[..., None], net.copy_scores(x)], -1), -1)[0]  # [N, 1 + T]
+    weights = torch.softmax(torch.cat([null[..., None], net.copy_scores(x, torch.tensor([KIND_IDS[kind]]))], -1), -1)[0]  # [N, 1 + T]
     weights = weights.reshape(c.num_layers, len(c.module_names), c.rank, -1)
     gains = torch.zeros(c.num_layers, len(c.module_names), c.rank)
     for i, m in enumerate(c.module_names):

@@ -200,17 +200,19 @@ class Generator:
                 i += n
         return per_row
 
-    def _absorb_rows(self, states: AttentionState | None, rows: list[tuple[Tensor, Tensor]]) -> AttentionState:
+    def _absorb_rows(self, states: AttentionState | None, rows: list[tuple[Tensor, Tensor]],
+                     kinds: Sequence[str]) -> AttentionState:
         """Fold a few rows' token features (from _token_features) into their states (None: new
-        contexts, read from nothing)."""
+        contexts, read from nothing); `kinds`, the rows' context kinds."""
         pad = torch.nn.functional.pad
         width = max(f.shape[0] for f, _ in rows)
         f = torch.stack([pad(f, (0, 0, 0, width - f.shape[0])) for f, _ in rows])
         e = torch.stack([pad(e, (0, 0, 0, width - e.shape[0])) for _, e in rows])
         m = torch.stack([pad(torch.ones(x.shape[0], dtype=torch.long), (0, width - x.shape[0])) for x, _ in rows])
+        ids = torch.tensor([KIND_IDS[k] for k in kinds])
         if states is None:
-            return self.hypernet.read(f, m, e)
-        return self.hypernet.absorb(states, f, m, e)
+            return self.hypernet.read(f, m, e, ids)
+        return self.hypernet.absorb(states, f, m, e, ids)
 
     def _absorb_chunks(self, states: AttentionState, chunks_per_row: list[list[list[int]]],
                        kinds: Sequence[str]) -> AttentionState:
@@ -218,7 +220,7 @@ class Generator:
         per_row = self._token_features(chunks_per_row, kinds)
         if per_row is None:
             return states
-        return AttentionState.cat([self._absorb_rows(states.rows(g, g + GROUP), per_row[g:g + GROUP])
+        return AttentionState.cat([self._absorb_rows(states.rows(g, g + GROUP), per_row[g:g + GROUP], kinds[g:g + GROUP])
                                    for g in range(0, len(per_row), GROUP)])
 
     def _chunks(self, tokens: list[int]) -> tuple[list[list[int]], list[int]]:
@@ -319,7 +321,7 @@ class Generator:
         out = []
         for g in range(0, len(items), GROUP):  # a few contexts at a time from here on (see GROUP)
             if per_row is not None:
-                states = self._absorb_rows(None, per_row[g:g + GROUP])
+                states = self._absorb_rows(None, per_row[g:g + GROUP], kinds[g:g + GROUP])
             else:
                 states = self.hypernet.init_state(len(kinds[g:g + GROUP]))
             out += self._group_adapters(states, sentence[g:g + GROUP], kinds[g:g + GROUP], metadatas[g:g + GROUP])

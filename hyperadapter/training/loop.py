@@ -32,7 +32,7 @@ from hyperadapter.data.schema import KINDS, load_split
 from hyperadapter.data.synthetic import sentences_of, synthetic_tasks
 from hyperadapter.embedding import SentenceEncoder
 from hyperadapter.generator import Generator
-from hyperadapter.generator.config import KIND_IDS
+from hyperadapter.generator.config import KIND_IDS, GeneratorConfig
 from hyperadapter.runtime import LoraRuntime
 from hyperadapter.training.examples import Example, ExampleSampler
 from hyperadapter.training.locality import base_replied, sample_locality_queries
@@ -91,7 +91,7 @@ def _pad_features(features: list[tuple[torch.Tensor, torch.Tensor]], embed) -> t
 
 # [generator] keys a run that continues a checkpoint (init_from) may change: neither changes a
 # parameter's shape. Any other key that differs from the checkpoint's would be ignored: an error.
-CONTINUABLE = {"copy_scale", "copy_compete", "feature_layer", "kind_layers"}
+CONTINUABLE = {"copy_scale", "copy_compete", "routed_kinds", "feature_layer", "kind_layers"}
 # ... and keys that add parameters that start at zero (the same outputs until trained)
 GROWABLE = {"copy_keys", "copy_key_scale"}
 
@@ -125,6 +125,8 @@ class Trainer:
             self.generator.hypernet.requires_grad_(True)
             if "copy_compete" in recipe.generator:  # no parameter of its own: the same weights, competing
                 config.copy_compete = float(recipe.generator["copy_compete"])
+            if "routed_kinds" in recipe.generator:  # nor has routing by kind
+                config.routed_kinds = GeneratorConfig(routed_kinds=list(recipe.generator["routed_kinds"])).routed_kinds
             if "copy_scale" in recipe.generator:  # continuing with a faster-learning copy gain
                 self.generator.hypernet.set_copy_scale(float(recipe.generator["copy_scale"]))
             if "feature_layer" in recipe.generator or "kind_layers" in recipe.generator:
