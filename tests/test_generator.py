@@ -271,6 +271,16 @@ def test_routing_by_kind_leaves_the_other_kinds_as_without_competition_and_keys(
         GeneratorConfig(routed_kinds=["poem"])
 
 
+def test_a_checkpoint_name_changes_with_its_config_as_well_as_its_weights(tmp_path, base, sentence_encoder):
+    from hyperadapter.generator.model import CONFIG, checkpoint_name
+    directory = Generator.fresh(base, sentence_encoder, seed=7).save_pretrained(tmp_path / "gen")
+    before = checkpoint_name(directory)
+    assert before.startswith("gen@") and checkpoint_name(directory) == before
+    config = json.loads((directory / CONFIG).read_text())
+    (directory / CONFIG).write_text(json.dumps({**config, "routed_kinds": ["conversation"]}))
+    assert checkpoint_name(directory) != before  # the same weights, other adapters: not the cache's old name
+
+
 def test_one_training_step_lowers_the_loss_on_a_fixed_batch(tmp_path):
     from hyperadapter.training.loop import Trainer
     from hyperadapter.training.recipe import Recipe

@@ -54,11 +54,14 @@ class GeneratorError(ValueError):
 
 
 def checkpoint_name(directory: Path) -> str:
-    """`<folder>@<first 12 hex digits of the weights' sha256>`, the name adapters record; raises
-    GeneratorError if `directory` is not a checkpoint."""
+    """`<folder>@<first 12 hex digits of the sha256 of the weights and the config>`, the name adapters
+    (and the cache) record: a config edited by hand (e.g. `routed_kinds`) changes the adapters, so it
+    changes the name too. Raises GeneratorError if `directory` is not a checkpoint."""
     if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
         raise GeneratorError(f"{directory} is not a generator checkpoint (needs {CONFIG} and {WEIGHTS})")
-    return f"{directory.name}@{hashlib.sha256((directory / WEIGHTS).read_bytes()).hexdigest()[:12]}"
+    digest = hashlib.sha256((directory / WEIGHTS).read_bytes())
+    digest.update((directory / CONFIG).read_bytes())
+    return f"{directory.name}@{digest.hexdigest()[:12]}"
 
 
 def check_kind(kind: str) -> int:
