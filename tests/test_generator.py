@@ -240,10 +240,11 @@ def test_copy_keys_added_to_a_trained_generator_change_nothing_until_trained_the
         Trainer(Recipe(**{**common, "init_from": str(tmp_path / "keyed")}, generator={"copy_key_scale": 2.0}))
     with pytest.raises(ValueError, match="copy_features"):
         GeneratorConfig(copy_keys=8, copy_features=False)
-    routed = Trainer(Recipe(**{**common, "init_from": str(tmp_path / "keyed")}, generator={"routed_kinds": ["conversation"]}))
+    keyed_common = {**common, "init_from": str(tmp_path / "keyed")}
+    routed = Trainer(Recipe(**keyed_common, generator={"routed_kinds": ["conversation"]}))
     assert routed.generator.config.routed_kinds == ["conversation"]
     with pytest.raises(ValueError, match="unknown kinds"):
-        Trainer(Recipe(**{**common, "init_from": str(tmp_path / "keyed")}, generator={"routed_kinds": ["poem"]}))
+        Trainer(Recipe(**keyed_common, generator={"routed_kinds": ["poem"]}))
 
 
 def test_routing_by_kind_leaves_the_other_kinds_as_without_competition_and_keys(base, sentence_encoder):

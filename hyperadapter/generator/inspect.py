@@ -40,7 +40,8 @@ def copy_attention(generator: Generator, context: str, kind: str) -> CopyReport:
         raise ValueError("the context has no tokens")
     x = net.feature_norm(features[None].to(net.null_k.dtype))
     null = net.init_state(1).copy_max  # [1, N]: the null key's scores
-    weights = torch.softmax(torch.cat([null[..., None], net.copy_scores(x, torch.tensor([KIND_IDS[kind]]))], -1), -1)[0]  # [N, 1 + T]
+    scores = net.copy_scores(x, torch.tensor([KIND_IDS[kind]]))  # competing only if the kind is routed
+    weights = torch.softmax(torch.cat([null[..., None], scores], -1), -1)[0]  # [N, 1 + T]
     weights = weights.reshape(c.num_layers, len(c.module_names), c.rank, -1)
     gains = torch.zeros(c.num_layers, len(c.module_names), c.rank)
     for i, m in enumerate(c.module_names):
