@@ -298,6 +298,8 @@ class HyperNetwork(nn.Module):
         routed = self.routed(kind_ids)
         if routed is None:
             return self._compete(scores)
+        if not routed.any():  # e.g. a task alone, on a generator that routes chats: nothing to compete
+            return scores
         return torch.where(routed[:, None, None], self._compete(scores), scores)
 
     def _compete(self, scores: Tensor) -> Tensor:
@@ -330,6 +332,8 @@ class HyperNetwork(nn.Module):
             z = block(z, self._linear)
         z = self.out_norm(z).reshape(batch, c.num_layers, self.n_modules, c.rank, -1)
         out = {}
+        routed = self.routed(kind_ids)
+        keyed = self.copy_key_in is not None and (routed is None or bool(routed.any()))
         copied = copied_all.reshape(batch, c.num_layers, self.n_modules, c.rank, -1)  # [B, L, M, r, hidden * copy_width]
         for i, m in enumerate(c.module_names):
             fan_in, fan_out = c.shape(m)
@@ -339,11 +343,12 @@ class HyperNetwork(nn.Module):
             if m in self.copy_gain:
                 gain = self.copy_gain[m].transpose(-1, -2) * self.config.copy_scale
                 b = b + copied[:, :, i, :, :hidden] * gain
-                if self.copy_key_in is not None:  # keys of this module's slots only: [B, L, r, copy_keys]
+                if keyed:  # keys of this module's slots only: [B, L, r, copy_keys]
                     keys = self._linear(self.copy_key_in, copied[:, :, i, :, hidden:])
                     key_rows = torch.einsum("blrk,lki->blri", keys, self.copy_key_out[m]) * c.copy_key_scale
-                    routed = self.routed(kind_ids)
-                    a = a + (key_rows if routed is None else key_rows * routed[:, None, None, None].to(key_rows.dtype))
+                    if routed is not None:
+                        key_rows = key_rows * routed[:, None, None, None].to(key_rows.dtype)
+                    a = a + key_rows
             out[m] = (a, b.transpose(-1, -2))  # B: [B, L, out, r]
         return out
 

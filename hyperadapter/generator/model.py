@@ -223,7 +223,8 @@ class Generator:
         per_row = self._token_features(chunks_per_row, kinds)
         if per_row is None:
             return states
-        return AttentionState.cat([self._absorb_rows(states.rows(g, g + GROUP), per_row[g:g + GROUP], kinds[g:g + GROUP])
+        return AttentionState.cat([self._absorb_rows(states.rows(g, g + GROUP), per_row[g:g + GROUP],
+                                                     kinds[g:g + GROUP])
                                    for g in range(0, len(per_row), GROUP)])
 
     def _chunks(self, tokens: list[int]) -> tuple[list[list[int]], list[int]]:

@@ -32,7 +32,7 @@ from hyperadapter.data.schema import KINDS, load_split
 from hyperadapter.data.synthetic import sentences_of, synthetic_tasks
 from hyperadapter.embedding import SentenceEncoder
 from hyperadapter.generator import Generator
-from hyperadapter.generator.config import KIND_IDS, GeneratorConfig
+from hyperadapter.generator.config import KIND_IDS
 from hyperadapter.runtime import LoraRuntime
 from hyperadapter.training.examples import Example, ExampleSampler
 from hyperadapter.training.locality import base_replied, sample_locality_queries
@@ -126,7 +126,9 @@ class Trainer:
             if "copy_compete" in recipe.generator:  # no parameter of its own: the same weights, competing
                 config.copy_compete = float(recipe.generator["copy_compete"])
             if "routed_kinds" in recipe.generator:  # nor has routing by kind
-                config.routed_kinds = GeneratorConfig(routed_kinds=list(recipe.generator["routed_kinds"])).routed_kinds
+                kinds = list(recipe.generator["routed_kinds"])
+                dataclasses.replace(config, routed_kinds=kinds)  # the config's own checks, first
+                config.routed_kinds = kinds
             if "copy_scale" in recipe.generator:  # continuing with a faster-learning copy gain
                 self.generator.hypernet.set_copy_scale(float(recipe.generator["copy_scale"]))
             if "feature_layer" in recipe.generator or "kind_layers" in recipe.generator:
