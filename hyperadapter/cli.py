@@ -239,7 +239,8 @@ def cmd_average(args) -> int:
             weights = [float(w) for w in args.weights.split(",")]
         except ValueError:
             raise CLIError(f"--weights {args.weights!r}: give numbers separated by commas, e.g. 0.5,0.5") from None
-    out = average_checkpoints(args.checkpoints, weights, args.out)
+    keep = [k for k in (args.keep or "").split(",") if k]
+    out = average_checkpoints(args.checkpoints, weights, args.out, keep=keep)
     print(f"saved {out}")
     return 0
 
@@ -327,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(a model soup)")
     av.add_argument("checkpoints", nargs="+", help="two or more generator checkpoint folders")
     av.add_argument("--weights", help="comma-separated, one per checkpoint (default: equal; scaled to sum to 1)")
+    av.add_argument("--keep", help="comma-separated tensor names to take unaveraged from the last checkpoint "
+                                   "(e.g. copy keys the others hold only at zero)")
     av.add_argument("--out", required=True, help="a new folder for the averaged checkpoint")
     av.set_defaults(func=cmd_average)
 

@@ -36,6 +36,23 @@ def test_average_is_the_weighted_mean_of_every_tensor_and_loads_as_a_generator(b
     assert len(adapter.weights) == 3 * base.num_layers
 
 
+def test_average_keeps_named_tensors_of_the_last_checkpoint(base, sentence_encoder, tmp_path):
+    a = _saved(base, sentence_encoder, tmp_path / "a", seed=1)
+    b = _saved(base, sentence_encoder, tmp_path / "b", seed=2)
+    assert main(["average", str(tmp_path / "a"), str(tmp_path / "b"), "--keep", "query_free,slot_emb",
+                 "--out", str(tmp_path / "soup")]) == 0
+    soup = Generator.from_pretrained(tmp_path / "soup", base, sentence_encoder).hypernet.state_dict()
+    sa, sb = a.hypernet.state_dict(), b.hypernet.state_dict()
+    for kept in ("query_free", "slot_emb"):
+        assert not torch.equal(sa[kept], sb[kept]) and torch.equal(soup[kept], sb[kept]), kept
+    averaged = [n for n in sa if n not in ("query_free", "slot_emb") and not torch.equal(sa[n], sb[n])]
+    assert averaged  # the rest is still the mean, and differs from b's
+    for name in averaged:
+        assert torch.allclose(soup[name], 0.5 * sa[name] + 0.5 * sb[name], atol=1e-7), name
+    with safe_open(tmp_path / "soup" / "generator.safetensors", framework="pt") as f:
+        assert json.loads(f.metadata()["extra"])["kept_from_last"] == ["query_free", "slot_emb"]
+
+
 def test_average_refuses_other_settings_bad_weights_and_an_existing_checkpoint(base, sentence_encoder, tmp_path, capsys):
     _saved(base, sentence_encoder, tmp_path / "a", seed=1)
     _saved(base, sentence_encoder, tmp_path / "b", seed=2)
@@ -53,6 +70,9 @@ def test_average_refuses_other_settings_bad_weights_and_an_existing_checkpoint(b
     assert main(["average", str(tmp_path / "a"), str(tmp_path / "b"), "--weights", "half,half",
                  "--out", str(tmp_path / "x")]) == 2
     assert "--weights" in capsys.readouterr().err
+    assert main(["average", str(tmp_path / "a"), str(tmp_path / "b"), "--keep", "query_free,no_such",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "no tensor named no_such" in capsys.readouterr().err
     assert main(["average", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "b")]) == 2
     assert "already holds a checkpoint" in capsys.readouterr().err
     assert (tmp_path / "b" / "generator.safetensors").read_bytes() == before

@@ -30,10 +30,14 @@ def _read(directory: Path) -> tuple[dict, dict[str, torch.Tensor], str]:
 
 
 def average_checkpoints(directories: Sequence[str | Path], weights: Sequence[float] | None,
-                        out: str | Path) -> Path:
+                        out: str | Path, keep: Sequence[str] = ()) -> Path:
     """Write to `out` the checkpoint whose every tensor is sum_i weights[i] * checkpoint_i's (weights
-    default to equal, and are scaled to sum to 1). Refuses checkpoints whose settings or tensors
-    differ, weights that are negative or all zero, and an `out` that already holds a checkpoint."""
+    default to equal, and are scaled to sum to 1), except the tensors named in `keep`, taken as they
+    are from the last checkpoint. `keep` is for parameters the others only hold because they were
+    grown to match (copy keys added at zero to an older generator): averaged, such a tensor would be
+    the last one's shrunk, or mixed with an untrained draw. Refuses checkpoints whose settings or
+    tensors differ, unknown `keep` names, weights that are negative or all zero, and an `out` that
+    already holds a checkpoint."""
     directories = [Path(d) for d in directories]
     if len(directories) < 2:
         raise AverageError("give at least two checkpoints to average")
@@ -48,6 +52,9 @@ def average_checkpoints(directories: Sequence[str | Path], weights: Sequence[flo
         raise AverageError(f"{out} already holds a checkpoint; choose another folder")
 
     config, tensors, first = _read(directories[0])
+    unknown = sorted(set(keep) - tensors.keys())
+    if unknown:
+        raise AverageError(f"no tensor named {', '.join(unknown)} to keep; the checkpoints hold {', '.join(sorted(tensors))}")
     dtypes = {k: v.dtype for k, v in tensors.items()}
     total = {k: weights[0] * v.float() for k, v in tensors.items()}
     names = [first]
@@ -61,9 +68,11 @@ def average_checkpoints(directories: Sequence[str | Path], weights: Sequence[flo
         for k, v in tensors.items():
             total[k] += w * v.float()
         names.append(name)
+    for k in keep:
+        total[k] = tensors[k].float()  # the last checkpoint's, read in the loop above
 
     out.mkdir(parents=True, exist_ok=True)
-    extra = {"averaged_from": names, "weights": weights}
+    extra = {"averaged_from": names, "weights": weights, "kept_from_last": sorted(keep)}
     state = {k: v.to(dtypes[k]).contiguous() for k, v in total.items()}
     # temp files then renames, as Generator.save_pretrained: an interrupted run leaves no half checkpoint
     save_file(state, out / (WEIGHTS + ".tmp"), metadata={"format": "pt", "extra": json.dumps(extra)})
