@@ -210,6 +210,22 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _data_groups(results: dict) -> dict[str, str]:
+    """context id -> group from the prepared split a results.json was scored on, for runs made
+    before the harness recorded groups (empty if that data is not here)."""
+    from hyperadapter.data.schema import load_split
+
+    split = results.get("config", {}).get("split")
+    data_dir = load_settings(None).prepared_data_dir
+    groups: dict[str, str] = {}
+    for kind in KINDS:
+        try:
+            groups.update({r.id: r.group for r in load_split(data_dir, split, kind)} if split else {})
+        except (OSError, ValueError):
+            continue
+    return groups
+
+
 def cmd_compare(args) -> int:
     """Paired per-context differences between two harness runs (or two systems of one run)."""
     import json
@@ -224,7 +240,7 @@ def cmd_compare(args) -> int:
         except (OSError, json.JSONDecodeError) as exc:
             raise CLIError(f"{path}: not a readable results.json ({exc})") from None
     system_b = args.system_b or args.system
-    rows = compare.paired(runs[0], runs[1], args.system, system_b, KINDS)
+    rows = compare.paired(runs[0], runs[1], args.system, system_b, KINDS, groups=_data_groups(runs[0]))
     if not rows:
         raise CLIError(f"no kind has contexts scored for both {args.system!r} in {args.a} and {system_b!r} in {args.b}")
     print(compare.markdown(rows, f"{args.system} ({args.a})", f"{system_b} ({args.b})"))

@@ -302,3 +302,30 @@ def test_compare_pairs_contexts_by_id_and_the_cli_refuses_what_it_cannot_read(tm
     assert "| document | 3 | 20.0 | 23.0 | +3.0 ± 0.6 |" in capsys.readouterr().out
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--system", "base"]) == 2
+
+
+def test_compare_gives_the_standard_error_over_groups_where_contexts_share_one(tmp_path, capsys):
+    from hyperadapter.cli import main
+    from hyperadapter.evaluation.compare import grouped_se, paired
+
+    def run(scores: dict[str, float], groups: dict[str, str] | None) -> dict:
+        rows = [{"id": i, "score": s, **({"group": groups[i]} if groups else {})} for i, s in scores.items()]
+        return {"systems": {"generated": {"document": {"per_context": rows}}}}
+
+    groups = {"d1": "article-1", "d2": "article-1", "d3": "article-2"}
+    a = run({"d1": 10.0, "d2": 20.0, "d3": 30.0}, groups)
+    b = run({"d1": 12.0, "d2": 23.0, "d3": 34.0}, None)  # groups recorded in one run are enough
+    r = paired(a, b, "generated", "generated", KINDS)["document"]
+    # diffs 2, 3, 4 around 3: residuals summed by article are -1 and +1, so sqrt(2/1 * 2) / 3
+    assert r["groups"] == 2 and r["se_groups"] == pytest.approx(2 / 3)
+    assert r["se"] == pytest.approx(1 / 3 ** 0.5)
+    # every context its own group: the ordinary standard error
+    assert grouped_se([2.0, 3.0, 4.0], ["x", "y", "z"]) == pytest.approx(r["se"])
+    # a group not known for every shared context: no figure over groups rather than a wrong one
+    assert "groups" not in paired(run({"d1": 1.0, "d9": 2.0}, {"d1": "g", "d9": None}),
+                                  run({"d1": 2.0, "d9": 4.0}, None), "generated", "generated", KINDS)["document"]
+    for name, data in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(data))
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "| document | 3 | 20.0 | 23.0 | +3.0 ± 0.6 (± 0.7 over 2 groups) |" in capsys.readouterr().out

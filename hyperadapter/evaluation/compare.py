@@ -1,7 +1,12 @@
 """Paired comparison of two systems on the contexts both were scored on: for each kind, the mean
 per-context difference and its standard error. Two runs of the harness on the same config score the
 same contexts, so a difference of two generators (or two decoding settings) is read against the
-noise of those contexts, not against a headline number of another table."""
+noise of those contexts, not against a headline number of another table.
+
+Contexts of one group (paragraphs of one article, tasks of one family) are not independent: a
+generator that is worse on an article tends to be worse on all its paragraphs. Where the groups are
+known, the standard error is also given over groups (a cluster-robust one: the residuals are summed
+within each group first), which is the one to read when a few groups hold many contexts."""
 
 from __future__ import annotations
 
@@ -14,8 +19,29 @@ def per_context(results: dict, system: str, kind: str) -> dict[str, float]:
     return {} if block is None else {c["id"]: float(c["score"]) for c in block["per_context"]}
 
 
-def paired(a: dict, b: dict, system_a: str, system_b: str, kinds: tuple[str, ...]) -> dict[str, dict]:
-    """{kind: {"contexts", "a", "b", "diff", "se"}}: b minus a over the contexts both scored."""
+def recorded_groups(results: dict) -> dict[str, str]:
+    """context id -> group, as the harness records them beside each score (older runs did not)."""
+    return {c["id"]: c["group"] for kinds in results.get("systems", {}).values() for block in kinds.values()
+            for c in block.get("per_context", []) if c.get("group") is not None}
+
+
+def grouped_se(diffs: list[float], groups: list[str]) -> float:
+    """Cluster-robust standard error of the mean of `diffs`: sqrt(G/(G-1) * sum_g (sum_{i in g}
+    (d_i - mean))^2) / n. With every context its own group it is the ordinary standard error."""
+    n, mean = len(diffs), sum(diffs) / len(diffs)
+    sums: dict[str, float] = {}
+    for d, g in zip(diffs, groups):
+        sums[g] = sums.get(g, 0.0) + d - mean
+    k = len(sums)
+    return math.sqrt(k / (k - 1) * sum(s * s for s in sums.values())) / n if k > 1 else float("nan")
+
+
+def paired(a: dict, b: dict, system_a: str, system_b: str, kinds: tuple[str, ...],
+           groups: dict[str, str] | None = None) -> dict[str, dict]:
+    """{kind: {"contexts", "a", "b", "diff", "se"[, "groups", "se_groups"]}}: b minus a over the
+    contexts both scored; the group entries when every shared context's group is known (from
+    `groups`, or recorded in either run)."""
+    groups = {**(groups or {}), **recorded_groups(a), **recorded_groups(b)}
     out = {}
     for kind in kinds:
         sa, sb = per_context(a, system_a, kind), per_context(b, system_b, kind)
@@ -26,13 +52,20 @@ def paired(a: dict, b: dict, system_a: str, system_b: str, kinds: tuple[str, ...
         n = len(diffs)
         mean = sum(diffs) / n
         var = sum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else float("nan")
-        out[kind] = {"contexts": n, "a": sum(sa[i] for i in shared) / n, "b": sum(sb[i] for i in shared) / n,
-                     "diff": mean, "se": math.sqrt(var / n)}
+        row = {"contexts": n, "a": sum(sa[i] for i in shared) / n, "b": sum(sb[i] for i in shared) / n,
+               "diff": mean, "se": math.sqrt(var / n)}
+        if all(i in groups for i in shared):
+            row["groups"] = len({groups[i] for i in shared})
+            row["se_groups"] = grouped_se(diffs, [groups[i] for i in shared])
+        out[kind] = row
     return out
 
 
 def markdown(rows: dict[str, dict], label_a: str, label_b: str) -> str:
     lines = [f"| kind | contexts | {label_a} | {label_b} | difference ± SE |", "|---|---|---|---|---|"]
     for kind, r in rows.items():
-        lines.append(f"| {kind} | {r['contexts']} | {r['a']:.1f} | {r['b']:.1f} | {r['diff']:+.1f} ± {r['se']:.1f} |")
+        cell = f"{r['diff']:+.1f} ± {r['se']:.1f}"
+        if "se_groups" in r:
+            cell += f" (± {r['se_groups']:.1f} over {r['groups']} groups)"
+        lines.append(f"| {kind} | {r['contexts']} | {r['a']:.1f} | {r['b']:.1f} | {cell} |")
     return "\n".join(lines)
