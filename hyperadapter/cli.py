@@ -242,7 +242,10 @@ def cmd_compare(args) -> int:
     system_b = args.system_b or args.system
     rows = compare.paired(runs[0], runs[1], args.system, system_b, KINDS, groups=_data_groups(runs[0]))
     if not rows:
-        raise CLIError(f"no kind has contexts scored for both {args.system!r} in {args.a} and {system_b!r} in {args.b}")
+        held = "; ".join(f"{path} holds {', '.join(sorted(run.get('systems', {}))) or 'no systems'}"
+                         for path, run in ((args.a, runs[0]), (args.b, runs[1])))
+        raise CLIError(f"no kind has contexts scored for both {args.system!r} in {args.a} and {system_b!r} in "
+                       f"{args.b} ({held})")
     print(compare.markdown(rows, f"{args.system} ({args.a})", f"{system_b} ({args.b})"))
     return 0
 

@@ -302,6 +302,10 @@ def test_compare_pairs_contexts_by_id_and_the_cli_refuses_what_it_cannot_read(tm
     assert "| document | 3 | 20.0 | 23.0 | +3.0 ± 0.6 |" in capsys.readouterr().out
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--system", "base"]) == 2
+    assert "results/a holds generated" in capsys.readouterr().err.replace(str(tmp_path), "results")
+    # the names `eval --systems` takes reach the rows results.json names otherwise
+    unrelated = {"systems": {"generated (unrelated context)": a["systems"]["generated"]}}
+    assert paired(unrelated, b, "generated-unrelated", "generated", KINDS)["document"]["diff"] == pytest.approx(3.0)
 
 
 def test_compare_gives_the_standard_error_over_groups_where_contexts_share_one(tmp_path, capsys):

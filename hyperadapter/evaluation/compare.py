@@ -13,6 +13,16 @@ from __future__ import annotations
 import math
 
 
+# `eval --systems` names -> the names results.json keys their rows by, where the two differ
+RESULT_NAMES = {"generated-wrong": "generated (wrong context)", "generated-unrelated": "generated (unrelated context)",
+                "multitask-lora": "multi-task LoRA", "per-task-lora": "per-task LoRA (oracle)"}
+
+
+def result_name(results: dict, system: str) -> str:
+    """`system` as `results` names it: as given if scored so, else its results.json name."""
+    return system if system in results.get("systems", {}) else RESULT_NAMES.get(system, system)
+
+
 def per_context(results: dict, system: str, kind: str) -> dict[str, float]:
     """context id -> score, for `system` on `kind` in a harness results.json (empty if not scored)."""
     block = results.get("systems", {}).get(system, {}).get(kind)
@@ -42,6 +52,7 @@ def paired(a: dict, b: dict, system_a: str, system_b: str, kinds: tuple[str, ...
     contexts both scored; the group entries when every shared context's group is known (from
     `groups`, or recorded in either run)."""
     groups = {**(groups or {}), **recorded_groups(a), **recorded_groups(b)}
+    system_a, system_b = result_name(a, system_a), result_name(b, system_b)
     out = {}
     for kind in kinds:
         sa, sb = per_context(a, system_a, kind), per_context(b, system_b, kind)
