@@ -166,6 +166,7 @@ def test_choice_scores_match_a_plain_forward(base, runtime):
 def test_harness_end_to_end(base, runtime, sentence_encoder, tmp_path):
     from hyperadapter.config import load_settings
     from hyperadapter.evaluation.harness import EvalConfig
+    from hyperadapter.data.schema import load_split
     from hyperadapter.evaluation.run import run_eval
     from hyperadapter.generator import Generator
     write_tiny_data(tmp_path / "data")
@@ -184,6 +185,9 @@ def test_harness_end_to_end(base, runtime, sentence_encoder, tmp_path):
         for kind, r in per_kind.items():
             assert 0.0 <= r["score"] <= 100.0 and r["contexts"] == 2
             assert r["queries"] == (4 if kind in ("task", "demonstrations") else 2)  # the fixture's query counts
+    records = {r.id: r.group for kind in KINDS for r in load_split(tmp_path / "data", "test", kind)}
+    for c in systems["generated"]["document"]["per_context"]:  # each score names its group, for compare
+        assert c["group"] == records[c["id"]]
     for kind in KINDS:  # the context costs prompt tokens; adapters do not
         assert systems["base+context"][kind]["prompt_tokens"] > systems["generated"][kind]["prompt_tokens"]
         assert systems["generated"][kind]["prompt_tokens"] == systems["base"][kind]["prompt_tokens"]
@@ -197,7 +201,6 @@ def test_harness_end_to_end(base, runtime, sentence_encoder, tmp_path):
     assert "| base+context |" in (out / "results.md").read_text()
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     # the oracles were kept, one folder per task, and a later evaluation loads them instead of training
-    from hyperadapter.data.schema import load_split
     from hyperadapter.evaluation.systems import PerTaskLoraSystem
     assert len(list((tmp_path / "oracles").iterdir())) == 2
     again = PerTaskLoraSystem(base, runtime, steps=3, batch_size=config.task_lora_batch, save_dir=tmp_path / "oracles")

@@ -137,7 +137,8 @@ class Harness:
             extra["replies"] = replies[:3]
         seconds = time.perf_counter() - start
         n = max(1, len(record.queries))
-        return {"id": record.id, "group": record.group, "metric": PRIMARY[record.metric], "score": 100 * sum(scores) / n,
+        return {"id": record.id, "group": record.group,  # compare's standard error over groups reads it
+                "metric": PRIMARY[record.metric], "score": 100 * sum(scores) / n,
                 "em": 100 * sum(extra["em"]) / n if extra["em"] else None,
                 "stray_yes_no": 100 * sum(extra["yes_no"]) / n if record.metric == "generation" else None,
                 "queries": len(record.queries), "prompt_tokens": sum(prompt_tokens) / n,

@@ -54,7 +54,8 @@ def average_checkpoints(directories: Sequence[str | Path], weights: Sequence[flo
     config, tensors, first = _read(directories[0])
     unknown = sorted(set(keep) - tensors.keys())
     if unknown:
-        raise AverageError(f"no tensor named {', '.join(unknown)} to keep; the checkpoints hold {', '.join(sorted(tensors))}")
+        raise AverageError(f"no tensor named {', '.join(unknown)} to keep; "
+                           f"the checkpoints hold {', '.join(sorted(tensors))}")
     dtypes = {k: v.dtype for k, v in tensors.items()}
     total = {k: weights[0] * v.float() for k, v in tensors.items()}
     names = [first]
