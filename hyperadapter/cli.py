@@ -212,15 +212,16 @@ def cmd_eval(args) -> int:
 
 def _data_groups(results: dict) -> dict[str, str]:
     """context id -> group from the prepared split a results.json was scored on, for runs made
-    before the harness recorded groups (empty if that data is not here)."""
+    before the harness recorded groups (empty if that data is not here); only the kinds it scored."""
     from hyperadapter.data.schema import load_split
 
     split = results.get("config", {}).get("split")
+    kinds = {kind for per_kind in results.get("systems", {}).values() for kind in per_kind}
     data_dir = load_settings(None).prepared_data_dir
     groups: dict[str, str] = {}
-    for kind in KINDS:
+    for kind in sorted(kinds) if split else ():
         try:
-            groups.update({r.id: r.group for r in load_split(data_dir, split, kind)} if split else {})
+            groups.update({r.id: r.group for r in load_split(data_dir, split, kind)})
         except (OSError, ValueError):
             continue
     return groups
@@ -240,7 +241,9 @@ def cmd_compare(args) -> int:
         except (OSError, json.JSONDecodeError) as exc:
             raise CLIError(f"{path}: not a readable results.json ({exc})") from None
     system_b = args.system_b or args.system
-    rows = compare.paired(runs[0], runs[1], args.system, system_b, KINDS, groups=_data_groups(runs[0]))
+    recorded = compare.recorded_groups(runs[0]) or compare.recorded_groups(runs[1])
+    rows = compare.paired(runs[0], runs[1], args.system, system_b, KINDS,
+                          groups=None if recorded else _data_groups(runs[0]))
     if not rows:
         held = "; ".join(f"{path} holds {', '.join(sorted(run.get('systems', {}))) or 'no systems'}"
                          for path, run in ((args.a, runs[0]), (args.b, runs[1])))

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import math
 
-
-# `eval --systems` names -> the names results.json keys their rows by, where the two differ
-RESULT_NAMES = {"generated-wrong": "generated (wrong context)", "generated-unrelated": "generated (unrelated context)",
-                "multitask-lora": "multi-task LoRA", "per-task-lora": "per-task LoRA (oracle)"}
+from hyperadapter.evaluation.names import RESULT_NAMES
 
 
 def result_name(results: dict, system: str) -> str:

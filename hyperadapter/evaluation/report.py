@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hyperadapter.evaluation.names import RESULT_NAMES
+
 KIND_METRIC = {"task": "score", "demonstrations": "score", "document": "SQuAD F1", "conversation": "fact recall"}
 
 
@@ -50,11 +52,12 @@ def comparisons(results: dict) -> list[str]:
         if gen is None or base is None:
             continue
         parts = [f"{gen - base:+.1f} over the base"]
-        for name, label in (("generated (wrong context)", "the wrong context"), ("multi-task LoRA", "the multi-task LoRA")):
+        for name, label in ((RESULT_NAMES["generated-wrong"], "the wrong context"),
+                            (RESULT_NAMES["multitask-lora"], "the multi-task LoRA")):
             other = score(name, kind)
             if other is not None:
                 parts.append(f"{gen - other:+.1f} over {label}")
-        oracle = score("per-task LoRA (oracle)", kind)
+        oracle = score(RESULT_NAMES["per-task-lora"], kind)
         if oracle is not None and oracle > base:
             parts.append(f"{100 * (gen - base) / (oracle - base):.0f}% of the oracle's gain")
         out.append(f"- **{kind}**, generated adapter: " + ", ".join(parts))

@@ -7,11 +7,9 @@ from pathlib import Path
 from hyperadapter.config import Settings
 from hyperadapter.evaluation import report
 from hyperadapter.evaluation.harness import EvalConfig, Harness
+from hyperadapter.evaluation.names import RESULT_NAMES, SYSTEM_NAMES
 from hyperadapter.evaluation.systems import (AdapterSystem, BaseSystem, ContextInPromptSystem,
                                              FixedAdapterSystem, PerTaskLoraSystem)
-
-SYSTEM_NAMES = ("base", "base+context", "generated", "generated-wrong", "generated-unrelated", "multitask-lora",
-                "per-task-lora", "blend")
 
 
 def catalogue_blender(generator, data_dir: Path, per_kind: int, k: int, tmp_root: Path):
@@ -81,7 +79,7 @@ def build_systems(config: EvalConfig, settings: Settings, base, runtime, generat
             if not path.is_dir():
                 raise FileNotFoundError(f"multi-task LoRA {path} not found: train it with "
                                         "`hyperadapter train --config configs/multitask_lora.toml`")
-            systems.append(FixedAdapterSystem(base, Adapter.load(path), "multi-task LoRA"))
+            systems.append(FixedAdapterSystem(base, Adapter.load(path), RESULT_NAMES["multitask-lora"]))
         elif name == "blend":
             import tempfile
             tmp = Path(tempfile.mkdtemp(prefix="blend-catalogue-"))

@@ -15,6 +15,7 @@ from hyperadapter.adapter import Adapter
 from hyperadapter.base import Base
 from hyperadapter.data.prompts import context_prompt, query_prompt
 from hyperadapter.data.schema import ContextRecord
+from hyperadapter.evaluation.names import RESULT_NAMES, WRONG_SUFFIX
 
 
 class System:
@@ -54,7 +55,7 @@ class AdapterSystem(System):
                  wrong: bool = False):
         super().__init__(base)
         self.make = make
-        self.name = name + (" (wrong context)" if wrong else "")
+        self.name = name + (WRONG_SUFFIX if wrong else "")
         self.wrong = wrong
         self.partner: dict[str, ContextRecord] = {}
 
@@ -81,7 +82,7 @@ class UnrelatedContextSystem(AdapterSystem):
 
     def __init__(self, base: Base, make: Callable[[str, str], Adapter], others: Callable[[str], list[ContextRecord]]):
         super().__init__(base, make, name="generated")
-        self.name = "generated (unrelated context)"
+        self.name = RESULT_NAMES["generated-unrelated"]
         self.others = others  # kind -> held-out records of that kind
 
     def prepare(self, records: list[ContextRecord]) -> None:
@@ -116,7 +117,7 @@ class PerTaskLoraSystem(System):
     With `save_dir`, each task's LoRA is kept there (PEFT folder named by task and budget) and
     reused by later evaluations with the same budget; its training time rides in its metadata."""
 
-    name = "per-task LoRA (oracle)"
+    name = RESULT_NAMES["per-task-lora"]
     kinds = ("task", "demonstrations")
 
     def __init__(self, base: Base, runtime, steps: int = 80, seed: int = 0, batch_size: int = 8,

@@ -1,0 +1,10 @@
+"""The systems' names: as `hyperadapter eval --systems` takes them, and as results.json keys their
+rows where the two differ (the report, `compare` and the systems themselves read them from here)."""
+
+SYSTEM_NAMES = ("base", "base+context", "generated", "generated-wrong", "generated-unrelated", "multitask-lora",
+                "per-task-lora", "blend")
+
+WRONG_SUFFIX = " (wrong context)"  # an AdapterSystem given another context of the same kind
+
+RESULT_NAMES = {"generated-wrong": "generated" + WRONG_SUFFIX, "generated-unrelated": "generated (unrelated context)",
+                "multitask-lora": "multi-task LoRA", "per-task-lora": "per-task LoRA (oracle)"}
