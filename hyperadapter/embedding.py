@@ -6,7 +6,8 @@ transformers so that we do not need the sentence-transformers package at run tim
 than the encoder's 256-token window are cut into windows whose embeddings are averaged
 (token-count weighted) and normalised again.
 
-The encoder runs under bf16 autocast with its linear weights stored in bf16 (autocast would cast
+Where the CPU has bf16 kernels (hyperadapter.packed.fast_bf16), the encoder runs under bf16 autocast
+with its linear weights stored in bf16 (autocast would cast
 them on every call otherwise): 24 -> 14 ms for one ~100-token text on one thread here, embeddings
 within a cosine of 0.9999 of float32. Pieces are batched by length under a token budget, so one
 long text does not make thirty short ones pay for its padding.
@@ -29,7 +30,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from hyperadapter.packed import WIDTH_STEP, bf16_linears
+from hyperadapter.packed import WIDTH_STEP, bf16_linears, fast_bf16
 
 DIM = 384
 
@@ -64,7 +65,7 @@ class SentenceEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.tokenizer.model_max_length = 10**9  # we cut into windows ourselves
         self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
-        self.bf16 = bf16
+        self.bf16 = bf16 = bf16 and fast_bf16()
         if bf16:
             bf16_linears(self.model)
         self.window = window

@@ -1,4 +1,10 @@
-"""Frozen linears in bfloat16, laid out once for oneDNN's CPU kernels.
+"""Frozen linears in bfloat16, laid out once for oneDNN's CPU kernels; and whether to use bf16 at all.
+
+bf16 is used only where the CPU has bf16 matmul kernels (`fast_bf16`: AVX512-BF16, AMX or
+AVX-NE-CONVERT, as oneDNN reports). Elsewhere torch emulates them: on an AVX2-only AMD EPYC a bf16
+linear of the feature pass took 6x its float32 time (65 against 11 ms) and a training step ~20x
+(291 s), so there `cpu_autocast` is a no-op and `bf16_linears` leaves weights in float32: the same
+code, float32 numbers.
 
 A plain bf16 `F.linear` makes oneDNN re-lay the weight out for its AMX/AVX512 kernels on every
 call; with a few rows of input (a one-sentence context) that is a large share of the work. Here
@@ -11,8 +17,33 @@ through a packed weight). Builds without oneDNN keep plain bf16 linears. Also th
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor, nn
+
+
+_FAST_BF16: bool | None = None
+
+
+def fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (oneDNN's check, made once). The environment
+    variable HYPERADAPTER_BF16=0 or 1 overrides it (e.g. to compare both on one machine)."""
+    global _FAST_BF16
+    forced = os.environ.get("HYPERADAPTER_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if _FAST_BF16 is None:
+        try:
+            _FAST_BF16 = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (RuntimeError, AttributeError):
+            _FAST_BF16 = False
+    return _FAST_BF16
+
+
+def cpu_autocast(enabled: bool = True) -> torch.autocast:
+    """bf16 autocast on the CPU where it is fast (`fast_bf16`); elsewhere a disabled one: float32."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled and fast_bf16())
 
 
 class PackedLinear(nn.Module):
@@ -58,7 +89,10 @@ def can_pack() -> bool:
 
 def bf16_linears(module: nn.Module, pack: bool = True) -> nn.Module:
     """Every nn.Linear inside `module` made bfloat16, in place: a PackedLinear where the build can,
-    else the same Linear with bf16 weights (for use under bf16 autocast)."""
+    else the same Linear with bf16 weights (for use under bf16 autocast). Where bf16 is slow
+    (`fast_bf16`), nothing changes: the module stays float32, as `cpu_autocast` runs it."""
+    if not fast_bf16():
+        return module
     pack = pack and can_pack()
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):

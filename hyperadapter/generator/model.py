@@ -29,6 +29,7 @@ from hyperadapter.base import Base
 from hyperadapter.generator.config import KIND_IDS, GeneratorConfig
 from hyperadapter.generator.encoder import TokenFeatures, feature_passes, token_embeddings
 from hyperadapter.generator.hypernet import AttentionState, HyperNetwork
+from hyperadapter.packed import cpu_autocast
 
 WEIGHTS = "generator.safetensors"
 # Contexts per hypernetwork pass at inference. Its attention scores and outputs are [contexts, 720
@@ -279,11 +280,11 @@ class Generator:
                         metadatas: Sequence[dict]) -> list[Adapter]:
         """The hypernetwork's heads for a few contexts (at most GROUP), and their Adapter values."""
         ids = torch.tensor([check_kind(k) for k in kinds])
-        # bf16 matmuls (AMX/AVX512-BF16 here): 27 -> 16 ms for one adapter, factors within 0.3% of
-        # float32; the streaming statistics before this stay float32.
+        # bf16 matmuls where the CPU has them (AMX/AVX512-BF16): 27 -> 16 ms for one adapter, factors
+        # within 0.3% of float32; the streaming statistics before this stay float32.
         # inference_mode (less per-op overhead than no_grad): _to_adapter's copies, made outside
         # it, are normal tensors, so an adapter never holds an inference tensor.
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode(), cpu_autocast():
             factors = self.hypernet.factors(states, sentence, ids)
         return [self._to_adapter(factors, i, {"kind": kind, "generator": self.name, **md})
                 for i, (kind, md) in enumerate(zip(kinds, metadatas))]

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hyperadapter.packed import cpu_autocast
 from hyperadapter.base import Base
 from hyperadapter.runtime import LoraRuntime
 from hyperadapter.scoring import choice_logprobs
@@ -72,8 +73,8 @@ def encode_pairs(base: Base, prompts: list[str], targets: list[str], max_target_
 
 
 def precision(bf16: bool):
-    """The autocast context the base runs under in training."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    """The autocast context the base runs under in training (float32 where the CPU lacks bf16 kernels)."""
+    return cpu_autocast(bf16)
 
 
 def answer_logits(base: Base, runtime: LoraRuntime, batch: Batch, factors=None,
