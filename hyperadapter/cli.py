@@ -200,7 +200,8 @@ def cmd_eval(args) -> int:
         raise CLIError(f"--kinds: unknown {', '.join(sorted(unknown))}; use some of {', '.join(KINDS)}")
     config = load_eval_config(args.config, limit=args.limit, out_dir=args.out, generator=args.generator,
                               systems=args.systems.split(",") if args.systems else None, kinds=kinds,
-                              history_lines=args.history_lines, history_replies=args.history_replies or None)
+                              history_lines=args.history_lines, history_replies=args.history_replies or None,
+                              unrelated_kind=args.unrelated_kind)
     if settings.torch_threads:
         import torch
         torch.set_num_threads(settings.torch_threads)
@@ -375,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "messages (0: whole chats; the config's default)")
     e.add_argument("--history-replies", action="store_true", help="with --history-lines: keep the assistant's "
                                                                    "reply after each kept message")
+    e.add_argument("--unrelated-kind", help="generated-unrelated puts adapters of this kind on every context "
+                                            "(default: a chat's, or a document's for chats)")
     e.add_argument("--settings", help="a settings TOML file")
     e.set_defaults(func=cmd_eval)
 

@@ -336,3 +336,28 @@ def test_compare_gives_the_standard_error_over_groups_where_contexts_share_one(t
         (tmp_path / name / "results.json").write_text(json.dumps(data))
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     assert "| document | 3 | 20.0 | 23.0 | +3.0 ± 0.6 (± 0.7 over 2 groups) |" in capsys.readouterr().out
+
+
+def test_unrelated_kind_chooses_whose_adapters_go_on_other_contexts(base, tmp_path):
+    from hyperadapter.data.schema import load_split
+    from hyperadapter.evaluation.harness import load_eval_config
+    from hyperadapter.evaluation.systems import UnrelatedContextSystem
+    write_tiny_data(tmp_path / "data")
+    tasks = load_split(tmp_path / "data", "test", "task")
+
+    def others(kind):
+        return load_split(tmp_path / "data", "test", kind)
+    default = UnrelatedContextSystem(base, lambda kind, ctx: None, others)
+    documents = UnrelatedContextSystem(base, lambda kind, ctx: None, others, partner_kind="document")
+    default.prepare(tasks)
+    documents.prepare(tasks)
+    assert {default.partner[r.id].kind for r in tasks} == {"conversation"}
+    assert {documents.partner[r.id].kind for r in tasks} == {"document"}
+
+    config = tmp_path / "eval.toml"
+    config.write_text('kinds = ["task"]\n')
+    assert load_eval_config(config, unrelated_kind="document").unrelated_kind == "document"
+    with pytest.raises(ValueError, match="is not a kind"):
+        load_eval_config(config, unrelated_kind="poem")
+    with pytest.raises(ValueError, match="generated-wrong"):
+        load_eval_config(config, unrelated_kind="task")

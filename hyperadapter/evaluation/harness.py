@@ -22,7 +22,7 @@ from tqdm import tqdm
 from hyperadapter.adapter import Adapter
 from hyperadapter.base import Base
 from hyperadapter.data.builders import short_history
-from hyperadapter.data.schema import ContextRecord, load_split
+from hyperadapter.data.schema import KINDS, ContextRecord, load_split
 from hyperadapter.evaluation import metrics
 from hyperadapter.evaluation.systems import System
 from hyperadapter.runtime import GenerationParams, LoraRuntime
@@ -58,6 +58,9 @@ class EvalConfig:
     # conversation contexts and as the unrelated contexts of generated-unrelated; 0: whole histories.
     history_lines: int = 0
     history_replies: bool = False  # with history_lines: keep the assistant's reply after each kept message
+    # The kind whose adapters generated-unrelated puts on every context; "": a chat's for tasks,
+    # demonstrations and documents, a document's for chats (systems.UnrelatedContextSystem)
+    unrelated_kind: str = ""
 
 
 def load_eval_config(path: str | Path, **overrides) -> EvalConfig:
@@ -66,7 +69,13 @@ def load_eval_config(path: str | Path, **overrides) -> EvalConfig:
     if set(raw) - names:
         raise ValueError(f"{path}: unknown keys {sorted(set(raw) - names)}")
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    return EvalConfig(**raw)
+    config = EvalConfig(**raw)
+    if config.unrelated_kind and config.unrelated_kind not in KINDS:
+        raise ValueError(f"unrelated_kind {config.unrelated_kind!r} is not a kind; use one of {', '.join(KINDS)}")
+    if config.unrelated_kind in config.kinds:
+        raise ValueError(f"unrelated_kind {config.unrelated_kind!r} is also a kind this run scores: an adapter "
+                         "of the same kind from another context is the generated-wrong system")
+    return config
 
 
 def eval_records(data_dir: Path, config: EvalConfig, kind: str) -> list[ContextRecord]:

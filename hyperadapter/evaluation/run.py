@@ -72,7 +72,8 @@ def build_systems(config: EvalConfig, settings: Settings, base, runtime, generat
             def others(kind: str) -> list:
                 return eval_records(data_dir or settings.prepared_data_dir, config, kind)
 
-            systems.append(UnrelatedContextSystem(base, lambda kind, ctx: generator.generate_adapter(ctx, kind), others))
+            systems.append(UnrelatedContextSystem(base, lambda kind, ctx: generator.generate_adapter(ctx, kind), others,
+                                                  partner_kind=config.unrelated_kind))
         elif name == "multitask-lora":
             from hyperadapter.adapter import Adapter
             path = Path(config.multitask_lora)

@@ -80,15 +80,17 @@ class UnrelatedContextSystem(AdapterSystem):
     PARTNER_KIND = {"task": "conversation", "demonstrations": "conversation", "document": "conversation",
                     "conversation": "document"}
 
-    def __init__(self, base: Base, make: Callable[[str, str], Adapter], others: Callable[[str], list[ContextRecord]]):
+    def __init__(self, base: Base, make: Callable[[str, str], Adapter], others: Callable[[str], list[ContextRecord]],
+                 partner_kind: str = ""):
         super().__init__(base, make, name="generated")
         self.name = RESULT_NAMES["generated-unrelated"]
         self.others = others  # kind -> held-out records of that kind
+        self.partner_kind = partner_kind  # "": PARTNER_KIND's choice
 
     def prepare(self, records: list[ContextRecord]) -> None:
         if not records:
             return
-        pool = self.others(self.PARTNER_KIND[records[0].kind])
+        pool = self.others(self.partner_kind or self.PARTNER_KIND[records[0].kind])
         for i, r in enumerate(records):
             self.partner[r.id] = pool[i % len(pool)]
 
