@@ -140,7 +140,9 @@ class Trainer:
             self.generator = Generator.fresh(self.base, encoder, seed=recipe.seed, **recipe.generator)
         self.data_dir = data_dir = Path(recipe.data_dir) if recipe.data_dir else settings.prepared_data_dir
         self._harness_base: dict[str, float] | None = None
-        train = {k: load_split(data_dir, "train", k) for k in KINDS if recipe.kind_weights.get(k, 0) > 0}
+        # task records are also where locality queries come from, even in a run that trains no task
+        wanted = {k for k in KINDS if recipe.kind_weights.get(k, 0) > 0} | ({"task"} if recipe.unrelated_share > 0 else set())
+        train = {k: load_split(data_dir, "train", k) for k in KINDS if k in wanted}
         self.sampler = ExampleSampler(train, recipe.kind_weights, seed=recipe.seed + 1000 * self.accelerator.process_index,
                                       selfsup_share=recipe.selfsup_share, lead_space=tuple(recipe.lead_space),
                                       unrelated_share=recipe.unrelated_share,
