@@ -1,4 +1,4 @@
-"""The command line: `hyperadapter serve | adapter | generate | batch | train | average | eval | data`.
+"""The command line: `hyperadapter serve | adapter | generate | batch | train | average | graft | eval | data`.
 
 argparse from the standard library: the commands are few and flat, so a CLI framework would add a
 dependency without removing code. Errors the user can fix print one line to stderr and exit 2.
@@ -268,6 +268,16 @@ def cmd_average(args) -> int:
     return 0
 
 
+def cmd_graft(args) -> int:
+    from hyperadapter.training.graft import graft_kind
+    kind, sep, donor = args.kind.partition("=")
+    if not sep or not donor:
+        raise CLIError(f"--kind {args.kind!r}: give KIND=CHECKPOINT, e.g. document=runs/generator-smollm2-stage30/generator")
+    out = graft_kind(args.checkpoint, kind, donor, args.out)
+    print(f"saved {out}")
+    return 0
+
+
 BENCHMARKS = ("mixed_batch", "generate_latency", "latency_ablation", "cache", "serve", "batch")
 
 
@@ -355,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(e.g. copy keys the others hold only at zero)")
     av.add_argument("--out", required=True, help="a new folder for the averaged checkpoint")
     av.set_defaults(func=cmd_average)
+
+    gr = sub.add_parser("graft", help="give one kind its own weights: another checkpoint's, the other kinds' "
+                                      "adapters unchanged")
+    gr.add_argument("checkpoint", help="the generator checkpoint whose other kinds stay as they are")
+    gr.add_argument("--kind", required=True, help="KIND=CHECKPOINT: this kind's adapters come from that checkpoint's weights")
+    gr.add_argument("--out", required=True, help="a new folder for the grafted checkpoint")
+    gr.set_defaults(func=cmd_graft)
 
     v = sub.add_parser("validate", help="validation loss of a generator checkpoint (right / wrong context / "
                                         "base), for choosing checkpoints; prints one JSON line")

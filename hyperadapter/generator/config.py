@@ -51,11 +51,17 @@ class GeneratorConfig:
     # The kinds whose copy slots compete (copy_compete) and carry keys (copy_keys); the others copy as
     # without them. Stages 21-25 routed every kind: chats gained, tasks and documents lost (model card)
     routed_kinds: list[str] = field(default_factory=lambda: list(KIND_IDS))
+    # Kinds whose adapters come from their own copy of the hypernetwork's weights (stored as
+    # `kind.<kind>.<tensor>` beside the shared ones; `hyperadapter graft`); the other kinds share one.
+    # Stages 15-29 traded kinds against each other through shared weights (documents against chats,
+    # chats against locality): a kind with weights of its own can be trained and shipped alone,
+    # every other kind's adapters unchanged bit for bit.
+    own_weights: list[str] = field(default_factory=list)
     use_sentence: bool = True
     use_tokens: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("kind_layers", "routed_kinds"):
+        for name in ("kind_layers", "routed_kinds", "own_weights"):
             unknown = sorted(set(getattr(self, name)) - set(KIND_IDS))
             if unknown:
                 raise ValueError(f"{name} names unknown kinds {unknown}; the kinds are {', '.join(KIND_IDS)}")

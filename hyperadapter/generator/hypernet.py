@@ -70,6 +70,13 @@ class AttentionState:
     def rows(self, start: int, stop: int) -> "AttentionState":
         return AttentionState(*(getattr(self, f)[start:stop] for f in FIELDS))
 
+    def take(self, rows: list[int]) -> "AttentionState":
+        """These rows, in this order (a view when they are consecutive and rising)."""
+        if rows == list(range(rows[0], rows[0] + len(rows))):
+            return self.rows(rows[0], rows[0] + len(rows))
+        index = torch.tensor(rows)
+        return AttentionState(*(getattr(self, f)[index] for f in FIELDS))
+
     @staticmethod
     def cat(states: list["AttentionState"]) -> "AttentionState":
         return AttentionState(*(torch.cat([getattr(s, f) for s in states]) for f in FIELDS))

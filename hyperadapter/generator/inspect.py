@@ -32,7 +32,7 @@ class CopyReport:
 def copy_attention(generator: Generator, context: str, kind: str) -> CopyReport:
     """Each copy slot's attention over `context` read as `kind` (the null key included)."""
     check_kind(kind)
-    net, c = generator.hypernet, generator.config
+    net, c = generator.net_for(kind), generator.config
     if not net.copy_modules:
         raise ValueError("this generator has no copy head")
     features, ids = generator.context_features([[context]], [kind])[0]

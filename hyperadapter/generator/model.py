@@ -32,6 +32,9 @@ from hyperadapter.generator.hypernet import AttentionState, HyperNetwork
 from hyperadapter.packed import cpu_autocast
 
 WEIGHTS = "generator.safetensors"
+# In WEIGHTS, the tensors of a kind with weights of its own (GeneratorConfig.own_weights) are named
+# `kind.<kind>.<the shared tensor's name>`.
+OWN_PREFIX = "kind.{kind}."
 # Contexts per hypernetwork pass at inference. Its attention scores and outputs are [contexts, 720
 # slots, ...]: a few contexts at a time stay in the CPU's caches, where 32 at once spilled to memory
 # and ran slower per context than one at a time (benchmarks/batch.py). The base pass stays batched.
@@ -52,6 +55,15 @@ def _weighted_sum(vectors: Tensor, segments: Sequence[str]) -> tuple[Tensor, flo
 
 class GeneratorError(ValueError):
     pass
+
+
+def _in_order(groups: list[list[int]], states: list[AttentionState]) -> AttentionState:
+    """The groups' states (rows `groups[i]` in `states[i]`) as one state with its rows in order."""
+    flat = [i for g in groups for i in g]
+    joined = AttentionState.cat(states)
+    if flat == list(range(len(flat))):
+        return joined
+    return joined.take(sorted(range(len(flat)), key=flat.__getitem__))
 
 
 def checkpoint_name(directory: Path) -> str:
@@ -102,13 +114,26 @@ class ContextStream:
                    generator=meta.get("generator", ""))
 
 
+def split_own_weights(tensors: dict[str, Tensor], own: Sequence[str]) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
+    """A checkpoint's tensors -> (shared tensors, {kind: that kind's own tensors, unprefixed})."""
+    prefixes = {kind: OWN_PREFIX.format(kind=kind) for kind in own}
+    shared = {k: v for k, v in tensors.items() if not k.startswith("kind.")}
+    per_kind = {kind: {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)} for kind, p in prefixes.items()}
+    return shared, per_kind
+
+
 class Generator:
     def __init__(self, config: GeneratorConfig, hypernet: HyperNetwork, base: Base, sentence_encoder=None,
-                 name: str = "untrained"):
+                 name: str = "untrained", own_nets: dict[str, HyperNetwork] | None = None):
         if config.base_model != base.model_id:
             raise GeneratorError(f"generator was trained for {config.base_model!r}, base is {base.model_id!r}")
+        own_nets = dict(own_nets or {})
+        if set(own_nets) != set(config.own_weights):
+            raise GeneratorError(f"the config names {sorted(config.own_weights)} as kinds with weights of their "
+                                 f"own, but weights were given for {sorted(own_nets)}")
         self.config = config
-        self.hypernet = hypernet
+        self.hypernet = hypernet  # the shared weights (the ones training updates)
+        self.own_nets = own_nets
         self.base = base
         self.sentence_encoder = sentence_encoder
         self.name = name
@@ -127,6 +152,8 @@ class Generator:
         directory.mkdir(parents=True, exist_ok=True)
         tmp_weights = directory / (WEIGHTS + ".tmp")
         state = {k: v.detach().contiguous() for k, v in self.hypernet.state_dict().items()}
+        for kind, net in self.own_nets.items():
+            state.update({OWN_PREFIX.format(kind=kind) + k: v.detach().contiguous() for k, v in net.state_dict().items()})
         save_file(state, tmp_weights, metadata={"format": "pt", "extra": json.dumps(extra or {})})
         tmp_weights.replace(directory / WEIGHTS)
         tmp_config = directory / (CONFIG + ".tmp")
@@ -139,10 +166,30 @@ class Generator:
         directory = Path(directory)
         name = checkpoint_name(directory)
         config = GeneratorConfig.load(directory / CONFIG)
-        hypernet = HyperNetwork(config)
-        hypernet.load_state_dict(load_file(directory / WEIGHTS))
-        hypernet.eval().requires_grad_(False)
-        return cls(config, hypernet, base, sentence_encoder, name=name)
+        shared, per_kind = split_own_weights(load_file(directory / WEIGHTS), config.own_weights)
+        nets = {}
+        for kind, tensors in [("", shared), *per_kind.items()]:
+            net = HyperNetwork(config)  # one config object for all: settings changed in place reach every net
+            try:
+                net.load_state_dict(tensors)
+            except RuntimeError as exc:
+                what = f"the weights of kind {kind!r}" if kind else "the shared weights"
+                raise GeneratorError(f"{directory}: {what} do not fit its config: {exc}") from exc
+            nets[kind] = net.eval().requires_grad_(False)
+        hypernet = nets.pop("")
+        return cls(config, hypernet, base, sentence_encoder, name=name, own_nets=nets)
+
+    def net_for(self, kind: str) -> HyperNetwork:
+        """The hypernetwork whose weights make adapters of this kind."""
+        return self.own_nets.get(kind, self.hypernet)
+
+    def _groups(self, kinds: Sequence[str]) -> list[list[int]]:
+        """Row indices in groups of at most GROUP that share one hypernetwork: rows in order, each
+        net's rows together (with no kind of its own weights: GROUP consecutive rows, as always)."""
+        by_net: dict[int, list[int]] = {}
+        for row, kind in enumerate(kinds):
+            by_net.setdefault(id(self.net_for(kind)), []).append(row)
+        return [rows[g:g + GROUP] for rows in by_net.values() for g in range(0, len(rows), GROUP)]
 
     def read_from_layer(self, layer: int | None = None, kind_layers: dict[str, int] | None = None) -> None:
         """Read context features from the base's `layer` instead, and the kinds in `kind_layers` from
@@ -214,19 +261,20 @@ class Generator:
         e = torch.stack([pad(e, (0, 0, 0, width - e.shape[0])) for _, e in rows])
         m = torch.stack([pad(torch.ones(x.shape[0], dtype=torch.long), (0, width - x.shape[0])) for x, _ in rows])
         ids = torch.tensor([KIND_IDS[k] for k in kinds])
+        net = self.net_for(kinds[0])  # one net for all of them: rows come in _groups
         if states is None:
-            return self.hypernet.read(f, m, e, ids)
-        return self.hypernet.absorb(states, f, m, e, ids)
+            return net.read(f, m, e, ids)
+        return net.absorb(states, f, m, e, ids)
 
     def _absorb_chunks(self, states: AttentionState, chunks_per_row: list[list[list[int]]],
                        kinds: Sequence[str]) -> AttentionState:
-        """Fold each row's chunks (token id lists) into its state, GROUP rows at a time."""
+        """Fold each row's chunks (token id lists) into its state, a group of rows at a time."""
         per_row = self._token_features(chunks_per_row, kinds)
         if per_row is None:
             return states
-        return AttentionState.cat([self._absorb_rows(states.rows(g, g + GROUP), per_row[g:g + GROUP],
-                                                     kinds[g:g + GROUP])
-                                   for g in range(0, len(per_row), GROUP)])
+        groups = self._groups(kinds)
+        return _in_order(groups, [self._absorb_rows(states.take(g), [per_row[i] for i in g], [kinds[i] for i in g])
+                                  for g in groups])
 
     def _chunks(self, tokens: list[int]) -> tuple[list[list[int]], list[int]]:
         """Complete chunks, and the incomplete tail."""
@@ -238,7 +286,7 @@ class Generator:
     def stream(self, kind: str) -> ContextStream:
         check_kind(kind)
         with torch.no_grad():
-            state = self.hypernet.init_state(1)
+            state = self.net_for(kind).init_state(1)
         return ContextStream(kind=kind, committed=state, sentence_sum=torch.zeros(self.config.sentence_dim),
                              generator=self.name)
 
@@ -270,22 +318,24 @@ class Generator:
 
     def _adapters(self, states: AttentionState, sentence: Tensor, kinds: list[str],
                   metadatas: Sequence[dict]) -> list[Adapter]:
-        out = []
-        for g in range(0, len(kinds), GROUP):
-            out += self._group_adapters(states.rows(g, g + GROUP), sentence[g:g + GROUP], kinds[g:g + GROUP],
-                                        metadatas[g:g + GROUP])
+        out: list = [None] * len(kinds)
+        for g in self._groups(kinds):
+            for i, adapter in zip(g, self._group_adapters(states.take(g), sentence[g], [kinds[i] for i in g],
+                                                          [metadatas[i] for i in g])):
+                out[i] = adapter
         return out
 
     def _group_adapters(self, states: AttentionState, sentence: Tensor, kinds: list[str],
                         metadatas: Sequence[dict]) -> list[Adapter]:
         """The hypernetwork's heads for a few contexts (at most GROUP), and their Adapter values."""
         ids = torch.tensor([check_kind(k) for k in kinds])
+        net = self.net_for(kinds[0])  # one net for all of them: rows come in _groups
         # bf16 matmuls where the CPU has them (AMX/AVX512-BF16): 27 -> 16 ms for one adapter, factors
         # within 0.3% of float32; the streaming statistics before this stay float32.
         # inference_mode (less per-op overhead than no_grad): _to_adapter's copies, made outside
         # it, are normal tensors, so an adapter never holds an inference tensor.
         with torch.inference_mode(), cpu_autocast():
-            factors = self.hypernet.factors(states, sentence, ids)
+            factors = net.factors(states, sentence, ids)
         return [self._to_adapter(factors, i, {"kind": kind, "generator": self.name, **md})
                 for i, (kind, md) in enumerate(zip(kinds, metadatas))]
 
@@ -323,13 +373,15 @@ class Generator:
         sentence = self._sentence_rows(sentence_inputs)
         per_row = self._token_features(all_chunks, kinds)
         metadatas = list(metadatas or [{}] * len(items))
-        out = []
-        for g in range(0, len(items), GROUP):  # a few contexts at a time from here on (see GROUP)
+        out: list = [None] * len(items)
+        for g in self._groups(kinds):  # a few contexts at a time from here on (see GROUP)
+            group_kinds = [kinds[i] for i in g]
             if per_row is not None:
-                states = self._absorb_rows(None, per_row[g:g + GROUP], kinds[g:g + GROUP])
+                states = self._absorb_rows(None, [per_row[i] for i in g], group_kinds)
             else:
-                states = self.hypernet.init_state(len(kinds[g:g + GROUP]))
-            out += self._group_adapters(states, sentence[g:g + GROUP], kinds[g:g + GROUP], metadatas[g:g + GROUP])
+                states = self.net_for(group_kinds[0]).init_state(len(g))
+            for i, adapter in zip(g, self._group_adapters(states, sentence[g], group_kinds, [metadatas[i] for i in g])):
+                out[i] = adapter
         return out
 
     # ------------------------------------------------------------ helpers

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from hyperadapter.generator.config import GeneratorConfig
 from hyperadapter.generator.model import CONFIG, WEIGHTS, checkpoint_name
 
 
@@ -26,7 +28,8 @@ class AverageError(ValueError):
 
 def _read(directory: Path) -> tuple[dict, dict[str, torch.Tensor], str]:
     name = checkpoint_name(directory)
-    return json.loads((directory / CONFIG).read_text()), load_file(directory / WEIGHTS), name
+    # settings as the generator reads them: a config written before a setting existed has its default
+    return asdict(GeneratorConfig.load(directory / CONFIG)), load_file(directory / WEIGHTS), name
 
 
 def average_checkpoints(directories: Sequence[str | Path], weights: Sequence[float] | None,

@@ -114,6 +114,10 @@ class Trainer:
         if recipe.init_from:
             self.generator = Generator.from_pretrained(recipe.init_from, self.base, encoder)
             config = self.generator.config
+            if config.own_weights:
+                raise ValueError(f"init_from {recipe.init_from} has weights of its own for "
+                                 f"{', '.join(config.own_weights)}; training continues shared weights only: train "
+                                 "from the checkpoints it was grafted from, then graft again")
             changed = sorted(k for k, v in recipe.generator.items()
                              if k not in CONTINUABLE | GROWABLE and getattr(config, k, object()) != v)
             if changed:
