@@ -70,6 +70,11 @@ class GeneratorConfig:
         if self.copy_keys < 0:
             raise ValueError(f"copy_keys must be 0 (off) or a positive width, not {self.copy_keys}")
 
+    def changed(self, other: "GeneratorConfig", ignore: tuple[str, ...] = ()) -> list[str]:
+        """The settings (but those in `ignore`) on which `other` differs from this config."""
+        mine, theirs = asdict(self), asdict(other)
+        return sorted(k for k in mine if k not in ignore and mine[k] != theirs[k])
+
     def layer_for(self, kind: str) -> int:
         """The base layer whose hidden states a context of this kind is read from."""
         return int(self.kind_layers.get(kind, self.feature_layer))

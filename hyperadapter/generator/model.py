@@ -66,6 +66,24 @@ def _in_order(groups: list[list[int]], states: list[AttentionState]) -> Attentio
     return joined.take(sorted(range(len(flat)), key=flat.__getitem__))
 
 
+def holds_checkpoint(directory: Path) -> bool:
+    return (directory / WEIGHTS).exists() or (directory / CONFIG).exists()
+
+
+def write_checkpoint(directory: str | Path, state: dict[str, Tensor], config: GeneratorConfig,
+                     extra: dict | None = None) -> Path:
+    """Write weights and config to `directory`, each to a temp file then renamed: an interrupted
+    write leaves no half checkpoint. (save_pretrained, `average` and `graft` all write through here.)"""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in state.items()}
+    save_file(state, directory / (WEIGHTS + ".tmp"), metadata={"format": "pt", "extra": json.dumps(extra or {})})
+    config.save(directory / (CONFIG + ".tmp"))
+    (directory / (WEIGHTS + ".tmp")).replace(directory / WEIGHTS)
+    (directory / (CONFIG + ".tmp")).replace(directory / CONFIG)
+    return directory
+
+
 def checkpoint_name(directory: Path) -> str:
     """`<folder>@<first 12 hex digits of the sha256 of the weights and the config>`, the name adapters
     (and the cache) record: a config edited by hand (e.g. `routed_kinds`) changes the adapters, so it
@@ -148,18 +166,10 @@ class Generator:
         return cls(config, HyperNetwork(config), base, sentence_encoder)
 
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp_weights = directory / (WEIGHTS + ".tmp")
-        state = {k: v.detach().contiguous() for k, v in self.hypernet.state_dict().items()}
+        state = dict(self.hypernet.state_dict())
         for kind, net in self.own_nets.items():
-            state.update({OWN_PREFIX.format(kind=kind) + k: v.detach().contiguous() for k, v in net.state_dict().items()})
-        save_file(state, tmp_weights, metadata={"format": "pt", "extra": json.dumps(extra or {})})
-        tmp_weights.replace(directory / WEIGHTS)
-        tmp_config = directory / (CONFIG + ".tmp")
-        self.config.save(tmp_config)
-        tmp_config.replace(directory / CONFIG)
-        return directory
+            state.update({OWN_PREFIX.format(kind=kind) + k: v for k, v in net.state_dict().items()})
+        return write_checkpoint(directory, state, self.config, extra)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, base: Base, sentence_encoder=None) -> "Generator":

@@ -9,27 +9,24 @@ float32. The result is an ordinary checkpoint; no base model is loaded to make i
 
 from __future__ import annotations
 
-import json
-import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from hyperadapter.generator.config import GeneratorConfig
-from hyperadapter.generator.model import CONFIG, WEIGHTS, checkpoint_name
+from hyperadapter.generator.model import CONFIG, WEIGHTS, checkpoint_name, holds_checkpoint, write_checkpoint
 
 
 class AverageError(ValueError):
     pass
 
 
-def _read(directory: Path) -> tuple[dict, dict[str, torch.Tensor], str]:
+def _read(directory: Path) -> tuple[GeneratorConfig, dict[str, torch.Tensor], str]:
     name = checkpoint_name(directory)
     # settings as the generator reads them: a config written before a setting existed has its default
-    return asdict(GeneratorConfig.load(directory / CONFIG)), load_file(directory / WEIGHTS), name
+    return GeneratorConfig.load(directory / CONFIG), load_file(directory / WEIGHTS), name
 
 
 def average_checkpoints(directories: Sequence[str | Path], weights: Sequence[float] | None,
@@ -51,7 +48,7 @@ def average_checkpoints(directories: Sequence[str | Path], weights: Sequence[flo
         raise AverageError(f"weights must be non-negative and not all zero, got {weights}")
     weights = [w / sum(weights) for w in weights]
     out = Path(out)
-    if (out / WEIGHTS).exists() or (out / CONFIG).exists():
+    if holds_checkpoint(out):
         raise AverageError(f"{out} already holds a checkpoint; choose another folder")
 
     config, tensors, first = _read(directories[0])
@@ -64,8 +61,8 @@ def average_checkpoints(directories: Sequence[str | Path], weights: Sequence[flo
     names = [first]
     for directory, w in zip(directories[1:], weights[1:]):
         other_config, tensors, name = _read(directory)
-        if other_config != config:
-            changed = sorted(k for k in set(config) | set(other_config) if config.get(k) != other_config.get(k))
+        changed = config.changed(other_config)
+        if changed:
             raise AverageError(f"{directory} has other settings than {directories[0]}: {', '.join(changed)}")
         if tensors.keys() != total.keys() or any(tensors[k].shape != total[k].shape for k in total):
             raise AverageError(f"{directory} has other tensors than {directories[0]}")
@@ -75,12 +72,5 @@ def average_checkpoints(directories: Sequence[str | Path], weights: Sequence[flo
     for k in keep:
         total[k] = tensors[k].float()  # the last checkpoint's, read in the loop above
 
-    out.mkdir(parents=True, exist_ok=True)
     extra = {"averaged_from": names, "weights": weights, "kept_from_last": sorted(keep)}
-    state = {k: v.to(dtypes[k]).contiguous() for k, v in total.items()}
-    # temp files then renames, as Generator.save_pretrained: an interrupted run leaves no half checkpoint
-    save_file(state, out / (WEIGHTS + ".tmp"), metadata={"format": "pt", "extra": json.dumps(extra)})
-    shutil.copyfile(directories[0] / CONFIG, out / (CONFIG + ".tmp"))
-    (out / (WEIGHTS + ".tmp")).replace(out / WEIGHTS)
-    (out / (CONFIG + ".tmp")).replace(out / CONFIG)
-    return out
+    return write_checkpoint(out, {k: v.to(dtypes[k]) for k, v in total.items()}, config, extra)

@@ -9,14 +9,13 @@ a change to one kind is judged on that kind alone. No base model is loaded to ma
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from hyperadapter.generator.config import KIND_IDS, GeneratorConfig
-from hyperadapter.generator.model import CONFIG, OWN_PREFIX, WEIGHTS, checkpoint_name, split_own_weights
+from hyperadapter.generator.model import (CONFIG, OWN_PREFIX, WEIGHTS, checkpoint_name, holds_checkpoint,
+                                          split_own_weights, write_checkpoint)
 
 
 class GraftError(ValueError):
@@ -30,15 +29,14 @@ def graft_kind(base: str | Path, kind: str, donor: str | Path, out: str | Path) 
     base, donor, out = Path(base), Path(donor), Path(out)
     if kind not in KIND_IDS:
         raise GraftError(f"unknown context kind {kind!r}; use one of {', '.join(KIND_IDS)}")
-    if (out / WEIGHTS).exists() or (out / CONFIG).exists():
+    if holds_checkpoint(out):
         raise GraftError(f"{out} already holds a checkpoint; choose another folder")
     names = {"base": checkpoint_name(base), "donor": checkpoint_name(donor)}
     config, donor_config = GeneratorConfig.load(base / CONFIG), GeneratorConfig.load(donor / CONFIG)
     if donor_config.own_weights:
         raise GraftError(f"{donor} has weights of its own for {', '.join(donor_config.own_weights)}; "
                          "graft from a checkpoint with shared weights only")
-    mine, theirs = asdict(config), asdict(donor_config)
-    changed = sorted(k for k in mine if k != "own_weights" and mine[k] != theirs[k])
+    changed = config.changed(donor_config, ignore=("own_weights",))
     if changed:
         raise GraftError(f"{donor} has other settings than {base}: {', '.join(changed)}")
     tensors = load_file(base / WEIGHTS)
@@ -49,14 +47,6 @@ def graft_kind(base: str | Path, kind: str, donor: str | Path, out: str | Path) 
     per_kind[kind] = donor_tensors
     state = dict(shared)
     for k, own in per_kind.items():
-        state.update({OWN_PREFIX.format(kind=k) + name: v.contiguous() for name, v in own.items()})
+        state.update({OWN_PREFIX.format(kind=k) + name: v for name, v in own.items()})
     config.own_weights = sorted(per_kind, key=list(KIND_IDS).index)
-
-    out.mkdir(parents=True, exist_ok=True)
-    extra = {"grafted": {kind: names["donor"]}, "onto": names["base"]}
-    # temp files then renames, as Generator.save_pretrained: an interrupted run leaves no half checkpoint
-    save_file(state, out / (WEIGHTS + ".tmp"), metadata={"format": "pt", "extra": json.dumps(extra)})
-    config.save(out / (CONFIG + ".tmp"))
-    (out / (WEIGHTS + ".tmp")).replace(out / WEIGHTS)
-    (out / (CONFIG + ".tmp")).replace(out / CONFIG)
-    return out
+    return write_checkpoint(out, state, config, {"grafted": {kind: names["donor"]}, "onto": names["base"]})

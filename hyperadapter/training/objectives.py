@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hyperadapter.packed import cpu_autocast
 from hyperadapter.base import Base
+from hyperadapter.packed import cpu_autocast
 from hyperadapter.runtime import LoraRuntime
 from hyperadapter.scoring import choice_logprobs
 
