@@ -1,4 +1,5 @@
 """Frozen linears in bfloat16, laid out once for oneDNN's CPU kernels; and whether to use bf16 at all.
+Where bf16 is slow, frozen linears in int8 for inference instead (see `fast_int8`).
 
 bf16 is used only where the CPU has bf16 matmul kernels (`fast_bf16`: AVX512-BF16, AMX or
 AVX-NE-CONVERT, as oneDNN reports). Elsewhere torch emulates them: on an AVX2-only AMD EPYC a bf16
@@ -17,7 +18,9 @@ through a packed weight). Builds without oneDNN keep plain bf16 linears. Also th
 
 from __future__ import annotations
 
+import copy
 import os
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -104,4 +107,59 @@ def bf16_linears(module: nn.Module, pack: bool = True) -> nn.Module:
                 child.weight.data = child.weight.data.to(torch.bfloat16)
                 if child.bias is not None:
                     child.bias.data = child.bias.data.to(torch.bfloat16)
+    return module
+
+
+# ---------------------------------------------------------------- int8, where bf16 is slow
+# On a CPU without bf16 kernels, fbgemm's dynamic int8 linear (weights int8 per output channel,
+# each input quantised on the fly) is the fast path left: 1.6x float32 for the hypernetwork's heads
+# and 1.2-1.5x for the sentence encoder here (AVX2 AMD EPYC). Its error is small where inputs are
+# normalised and larger where a few activations are far out (the base's down_proj inputs), so
+# callers choose which linears to convert. It goes through torch.ao's quantize_dynamic: deprecated
+# in favour of torchao, whose int8 CPU matmul (torch._int_mm) is ~40x slower than float32 here;
+# with torch pinned it works, and `can_int8` falls back to float32 once it does not.
+
+_INT8: bool | None = None
+
+
+def can_int8() -> bool:
+    """Whether this torch build has fbgemm's dynamic int8 linear (checked once, on a tiny layer)."""
+    global _INT8
+    if _INT8 is None:
+        try:
+            probe = nn.Linear(8, 4)
+            x = torch.ones(2, 8)
+            _INT8 = bool("fbgemm" in torch.backends.quantized.supported_engines
+                         and torch.allclose(int8_linear(probe)(x), probe(x), atol=0.1))
+        except (RuntimeError, AttributeError, ImportError, AssertionError):
+            _INT8 = False
+    return _INT8
+
+
+def fast_int8() -> bool:
+    """Whether serving uses int8 linears: where bf16 is not fast (`fast_bf16`) and the build can
+    (`can_int8`). HYPERADAPTER_INT8=0 turns it off (float32, as training runs)."""
+    return os.environ.get("HYPERADAPTER_INT8") != "0" and not fast_bf16() and can_int8()
+
+
+def int8_linear(linear: nn.Linear) -> nn.Module:
+    """An inference-only int8 copy of `linear` (fbgemm dynamic quantisation, per-channel weights)."""
+    import warnings
+
+    from torch.ao import quantization
+
+    with warnings.catch_warnings():  # the deprecation notice (see above), once per layer
+        warnings.simplefilter("ignore")
+        return quantization.quantize_dynamic(nn.Sequential(copy.deepcopy(linear)),
+                                             {nn.Linear: quantization.per_channel_dynamic_qconfig},
+                                             dtype=torch.qint8)[0]
+
+
+def int8_linears(module: nn.Module, keep: Sequence[str] = ()) -> nn.Module:
+    """Every nn.Linear inside `module` made an int8 copy (`int8_linear`), in place, but those whose
+    attribute name is in `keep`."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear) and name not in keep:
+                setattr(parent, name, int8_linear(child))
     return module

@@ -37,14 +37,14 @@ class Services:
             torch.set_num_threads(settings.torch_threads)
         base = load_base(settings.base_model, settings.models_dir)
         runtime = LoraRuntime(base)
-        encoder = SentenceEncoder()
+        encoder = SentenceEncoder(int8=True)  # int8 where bf16 is slow (packed.fast_int8), as the generator
         generator = None
         if load_generator:
             path = Path(settings.generator)
             if not path.is_dir():
                 raise GeneratorError(f"no generator checkpoint at {path}; train one (`hyperadapter train`) "
                                      f"or point HYPERADAPTER_GENERATOR at one")
-            generator = Generator.from_pretrained(path, base, encoder)
+            generator = Generator.from_pretrained(path, base, encoder, int8=True)
         store = AdapterStore.from_settings(settings)
         lock = threading.Lock()
 

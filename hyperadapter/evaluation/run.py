@@ -56,7 +56,9 @@ def build_systems(config: EvalConfig, settings: Settings, base, runtime, generat
     if {"generated", "generated-wrong", "generated-unrelated", "blend"} & set(config.systems) and generator is None:
         from hyperadapter.embedding import SentenceEncoder
         from hyperadapter.generator import Generator
-        generator = Generator.from_pretrained(config.generator or settings.generator, base, SentenceEncoder())
+        # as the service serves it (int8 where bf16 is slow; HYPERADAPTER_INT8=0 for float32)
+        generator = Generator.from_pretrained(config.generator or settings.generator, base, SentenceEncoder(int8=True),
+                                              int8=True)
     for name in config.systems:
         if name == "base":
             systems.append(BaseSystem(base))

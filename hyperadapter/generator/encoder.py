@@ -11,7 +11,9 @@ serving alike: 1.9x faster here on a 2,000-token document (1,075 -> 572 ms), and
 the generator sees at serving time the features it was trained on. Autocast does not keep its casts
 of frozen weights, so the view holds its own copy of those layers with the linear weights already in
 bf16 (56 MB for 8 layers of the default model): the same numbers, bit for bit, without casting 28M
-weights on every call (a one-sentence description: 26 -> 14 ms here).
+weights on every call (a one-sentence description: 26 -> 14 ms here). Where bf16 is slow, serving's
+feature pass has int8 linears instead but down_proj (FLOAT32_LINEARS; hyperadapter.packed.fast_int8);
+training's stays float32.
 """
 
 from __future__ import annotations
@@ -24,17 +26,26 @@ import torch
 from torch import Tensor, nn
 
 from hyperadapter.base import Base
-from hyperadapter.packed import bf16_linears, bucket, cpu_autocast
+from hyperadapter.packed import bf16_linears, bucket, cpu_autocast, fast_int8, int8_linears
 
 
-def bf16_layers(layers: nn.ModuleList) -> nn.ModuleList:
+# Linears the int8 feature pass keeps in float32: their inputs have a few far-out activations that
+# a per-row int8 scale rounds the rest away against. Converting the default model's down_proj too
+# tripled the error of the adapters made from the features (3% -> 9% mean relative error).
+FLOAT32_LINEARS = ("down_proj",)
+
+
+def bf16_layers(layers: nn.ModuleList, int8: bool = False) -> nn.ModuleList:
     """A copy of `layers` with bfloat16 linears (what autocast would cast them to, prepacked where
     oneDNN can: hyperadapter.packed), everything else as it was; no hooks (the runtime's adapters
-    never apply to features)."""
+    never apply to features). With `int8` and where bf16 is slow (packed.fast_int8), int8 linears
+    instead, but FLOAT32_LINEARS."""
     layers = copy.deepcopy(layers)
     for module in layers.modules():
         module._forward_hooks.clear()
         module._forward_pre_hooks.clear()
+    if int8 and fast_int8():
+        return int8_linears(layers, keep=FLOAT32_LINEARS).requires_grad_(False)
     return bf16_linears(layers).requires_grad_(False)
 
 
@@ -108,11 +119,11 @@ class TokenFeatures:
         return out.hidden_states[self.layer]
 
 
-def feature_passes(base: Base, layers: Sequence[int]) -> dict[int, TokenFeatures]:
-    """A TokenFeatures per layer in `layers`, all over one bf16 copy of the base's first layers (the
-    deepest's): reading tasks at layer 4 and chats at 8 holds 8 layers, not 12."""
+def feature_passes(base: Base, layers: Sequence[int], int8: bool = False) -> dict[int, TokenFeatures]:
+    """A TokenFeatures per layer in `layers`, all over one bf16 (or `int8`: bf16_layers) copy of the
+    base's first layers (the deepest's): reading tasks at layer 4 and chats at 8 holds 8 layers, not 12."""
     inner = getattr(base.model, "model", None)
     shared = None
     if inner is not None and isinstance(getattr(inner, "layers", None), nn.ModuleList):
-        shared = bf16_layers(nn.ModuleList(list(inner.layers)[:max(layers)]))
+        shared = bf16_layers(nn.ModuleList(list(inner.layers)[:max(layers)]), int8)
     return {layer: TokenFeatures(base, layer, shared) for layer in layers}

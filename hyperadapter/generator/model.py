@@ -142,7 +142,10 @@ def split_own_weights(tensors: dict[str, Tensor], own: Sequence[str]) -> tuple[d
 
 class Generator:
     def __init__(self, config: GeneratorConfig, hypernet: HyperNetwork, base: Base, sentence_encoder=None,
-                 name: str = "untrained", own_nets: dict[str, HyperNetwork] | None = None):
+                 name: str = "untrained", own_nets: dict[str, HyperNetwork] | None = None, int8: bool = False):
+        """`int8`: serve with int8 linears where the CPU has no fast bf16 (hyperadapter.packed.fast_int8)
+        in the feature pass (but FLOAT32_LINEARS) and the hypernetworks' inference linears. The
+        service and the evaluation ask for it; training does not (its numbers stay float32)."""
         if config.base_model != base.model_id:
             raise GeneratorError(f"generator was trained for {config.base_model!r}, base is {base.model_id!r}")
         own_nets = dict(own_nets or {})
@@ -155,6 +158,9 @@ class Generator:
         self.base = base
         self.sentence_encoder = sentence_encoder
         self.name = name
+        self.int8 = int8
+        for net in (hypernet, *own_nets.values()):
+            net.int8_inference = int8
         self._build_features()
 
     # ------------------------------------------------------------ construction and files
@@ -172,7 +178,8 @@ class Generator:
         return write_checkpoint(directory, state, self.config, extra)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, base: Base, sentence_encoder=None) -> "Generator":
+    def from_pretrained(cls, directory: str | Path, base: Base, sentence_encoder=None, int8: bool = False) -> "Generator":
+        """The generator saved in `directory` (`int8`, for serving: see __init__)."""
         directory = Path(directory)
         name = checkpoint_name(directory)
         config = GeneratorConfig.load(directory / CONFIG)
@@ -187,7 +194,7 @@ class Generator:
                 raise GeneratorError(f"{directory}: {what} do not fit its config: {exc}") from exc
             nets[kind] = net.eval().requires_grad_(False)
         hypernet = nets.pop("")
-        return cls(config, hypernet, base, sentence_encoder, name=name, own_nets=nets)
+        return cls(config, hypernet, base, sentence_encoder, name=name, own_nets=nets, int8=int8)
 
     def net_for(self, kind: str) -> HyperNetwork:
         """The hypernetwork whose weights make adapters of this kind."""
@@ -220,7 +227,7 @@ class Generator:
 
     def _build_features(self) -> None:
         """One feature pass per layer some kind reads (sharing one copy of the base's layers)."""
-        self.features = feature_passes(self.base, self.config.feature_layers)
+        self.features = feature_passes(self.base, self.config.feature_layers, self.int8)
 
     def features_for(self, kind: str) -> TokenFeatures:
         return self.features[self.config.layer_for(kind)]
