@@ -7,11 +7,12 @@ than the encoder's 256-token window are cut into windows whose embeddings are av
 (token-count weighted) and normalised again.
 
 Where the CPU has bf16 kernels (hyperadapter.packed.fast_bf16), the encoder runs under bf16 autocast
-with its linear weights stored in bf16 (autocast would cast them on every call otherwise): 24 -> 14
-ms for one ~100-token text on one thread there, embeddings within a cosine of 0.9999 of float32.
-Elsewhere its linears are int8 (hyperadapter.packed.fast_int8): a 2,000-token text 449 -> ~300 ms on
-an AVX2-only CPU, the generator's adapters made with it within ~0.3% of float32. Pieces are batched
-by length under a token budget, so one long text does not make thirty short ones pay for its padding.
+with its linear weights stored in bf16 (autocast would cast
+them on every call otherwise): 24 -> 14 ms for one ~100-token text on one thread here, embeddings
+within a cosine of 0.9999 of float32. Elsewhere it stays float32, though the generator may serve in
+int8 there (hyperadapter.packed.fast_int8): int8 embeddings were ~0.98 cosine from float32's, as far
+as the cache's near-match thresholds (0.97-0.985) reach. Pieces are batched by length under a token
+budget, so one long text does not make thirty short ones pay for its padding.
 
 Texts are normalised first (NFC, whitespace runs collapsed: nothing the uncased WordPiece tokenizer
 would see), and the last few thousand embeddings are remembered by the normalised text's hash: a
@@ -31,7 +32,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from hyperadapter.packed import WIDTH_STEP, bf16_linears, fast_bf16, fast_int8, int8_linears
+from hyperadapter.packed import WIDTH_STEP, bf16_linears, fast_bf16
 
 DIM = 384
 
@@ -59,9 +60,7 @@ class SentenceEncoder:
     dim = DIM
 
     def __init__(self, path: str | Path | None = None, window: int = 256, memory: int = 4096,
-                 bf16: bool = True, batch_tokens: int = 2048, int8: bool = False):
-        """`bf16`: bf16 weights where the CPU has bf16 kernels. `int8` (serving asks for it): int8
-        linears where it has not (hyperadapter.packed.fast_int8)."""
+                 bf16: bool = True, batch_tokens: int = 2048):
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(path) if path else _model_dir()
@@ -71,9 +70,6 @@ class SentenceEncoder:
         self.bf16 = bf16 = bf16 and fast_bf16()
         if bf16:
             bf16_linears(self.model)
-        self.int8 = int8 = int8 and not bf16 and fast_int8()
-        if int8:
-            int8_linears(self.model)
         self.window = window
         self.batch_tokens = batch_tokens
         self._lock = threading.Lock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -42,3 +43,45 @@ def test_the_feature_pass_is_float32_where_bf16_is_slow(base, monkeypatch):
         hidden = base.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[2][0]
         want = base.model.model.norm(hidden)
     torch.testing.assert_close(out[0, :len(ids)], want, rtol=1e-4, atol=1e-4)
+
+
+def _int8_modules(module: nn.Module) -> list[str]:
+    return [name for name, m in module.named_modules() if type(m).__module__.startswith("torch.ao.nn.quantized")]
+
+
+def _relative_error(a, b) -> float:
+    return max(float((a.delta_weight(m) - b.delta_weight(m)).norm() / b.delta_weight(m).norm()) for m in a.weights)
+
+
+@pytest.mark.skipif(not packed.can_int8(), reason="this torch build has no fbgemm int8 linear")
+def test_int8_is_for_serving_where_bf16_is_slow(base, monkeypatch, tmp_path):
+    from hyperadapter.generator import Generator
+    from tests.conftest import perturb_generator
+    monkeypatch.setenv("HYPERADAPTER_BF16", "0")
+    monkeypatch.delenv("HYPERADAPTER_INT8", raising=False)
+    assert packed.fast_int8()
+    perturb_generator(Generator.fresh(base, None, seed=5)).save_pretrained(tmp_path / "g")
+    served = Generator.from_pretrained(tmp_path / "g", base, None, int8=True)
+    plain = Generator.from_pretrained(tmp_path / "g", base, None)  # as training loads it
+    layers = next(iter(served.features.values())).view.layers
+    converted = _int8_modules(layers)
+    assert converted and any(n.endswith("q_proj") for n in converted)
+    assert not any(n.endswith("down_proj") for n in converted)  # kept float32 (FLOAT32_LINEARS)
+    assert not _int8_modules(next(iter(plain.features.values())).view.layers)
+
+    text = "Answer the arithmetic question with a single number."
+    int8, float32 = served.generate_adapter(text, "task"), plain.generate_adapter(text, "task")
+    assert any(k.startswith("int8:") for k in served.hypernet._frozen_cache)  # the heads ran in int8
+    assert not any(k.startswith("int8:") for k in plain.hypernet.__dict__.get("_frozen_cache", {}))
+    assert 1e-4 < _relative_error(int8, float32) < 0.2  # rounded, not another adapter
+
+    monkeypatch.setenv("HYPERADAPTER_INT8", "0")  # turned off: float32, bit for bit
+    off = Generator.from_pretrained(tmp_path / "g", base, None, int8=True)
+    assert not _int8_modules(next(iter(off.features.values())).view.layers)
+    again = off.generate_adapter(text, "task")
+    assert all(torch.equal(again.weights[m][1], float32.weights[m][1]) for m in float32.weights)
+
+    monkeypatch.delenv("HYPERADAPTER_INT8")
+    monkeypatch.setenv("HYPERADAPTER_BF16", "1")  # where bf16 is fast, bf16 is used instead
+    assert not packed.fast_int8()
+

@@ -57,8 +57,7 @@ def build_systems(config: EvalConfig, settings: Settings, base, runtime, generat
         from hyperadapter.embedding import SentenceEncoder
         from hyperadapter.generator import Generator
         # as the service serves it (int8 where bf16 is slow; HYPERADAPTER_INT8=0 for float32)
-        generator = Generator.from_pretrained(config.generator or settings.generator, base, SentenceEncoder(int8=True),
-                                              int8=True)
+        generator = Generator.from_pretrained(config.generator or settings.generator, base, SentenceEncoder(), int8=True)
     for name in config.systems:
         if name == "base":
             systems.append(BaseSystem(base))
