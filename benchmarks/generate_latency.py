@@ -8,8 +8,11 @@ Measured side by side in one run on this machine:
   - wall time to fine-tune a LoRA (same modules, same rank) to the same task (on its labelled examples)
     and to the same document (self-supervised continuation of its text), at the step counts below;
   - the ratio.
+Generators run as the service runs them: int8 where the CPU has no fast bf16 (hyperadapter.packed).
 Run: .venv/bin/python benchmarks/generate_latency.py [--runs 20] [--lora-steps 80] [--generator DIR ...]
-(several --generator: timed side by side, turn by turn, with their ratios)
+[--float32-beside]
+(several --generator: timed side by side, turn by turn, with their ratios; --float32-beside: each
+also in float32, where the service would use int8)
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from hyperadapter.config import load_settings  # noqa: E402
 from hyperadapter.data.schema import load_split  # noqa: E402
 from hyperadapter.embedding import SentenceEncoder  # noqa: E402
 from hyperadapter.generator import Generator  # noqa: E402
+from hyperadapter.packed import fast_bf16, fast_int8  # noqa: E402
 from hyperadapter.runtime import LoraRuntime  # noqa: E402
 from hyperadapter.training.lora import train_lora  # noqa: E402
 
@@ -52,6 +56,11 @@ def _layers(config) -> str:
     """'8', or '8; task 4, document 4' when some kinds are read at another layer."""
     other = ", ".join(f"{k} {v}" for k, v in sorted(config.kind_layers.items()) if v != config.feature_layer)
     return f"{config.feature_layer}; {other}" if other else str(config.feature_layer)
+
+
+def _label(generator) -> str:
+    precision = "int8" if generator.int8 and fast_int8() else "bf16" if fast_bf16() else "float32"
+    return f"{generator.name}, {precision}"
 
 
 def timed(fns, runs: int, before=None) -> list[list[float]]:
@@ -126,13 +135,19 @@ def main() -> None:
     ap.add_argument("--lora-steps", type=int, default=80)
     ap.add_argument("--generator", action="append",
                     help="generator checkpoint (default: the shipped one); repeat it to time several side by side")
+    ap.add_argument("--float32-beside", action="store_true",
+                    help="time each generator also in float32, where the service runs it in int8")
     args = ap.parse_args()
 
     settings = load_settings()
     base = load_base(settings.base_model, settings.models_dir)
     runtime = LoraRuntime(base)
     encoder = SentenceEncoder()
-    generators = [Generator.from_pretrained(d, base, encoder) for d in args.generator or [settings.generator]]
+    generators = []
+    for directory in args.generator or [settings.generator]:
+        generators.append(Generator.from_pretrained(directory, base, encoder, int8=True))
+        if args.float32_beside and fast_int8():
+            generators.append(Generator.from_pretrained(directory, base, encoder))
     document = long_document(settings, base.tokenizer)
     doc_tokens = len(base.tokenizer(document, add_special_tokens=False)["input_ids"])
 
@@ -175,7 +190,7 @@ def main() -> None:
 
     print(f"\nrank {generators[0].config.rank} on {', '.join(modules)}; torch threads {torch.get_num_threads()}")
     for k, generator in enumerate(generators):
-        print(f"\ngenerator {generator.name} (features from layer {_layers(generator.config)})\n")
+        print(f"\ngenerator {_label(generator)} (features from layer {_layers(generator.config)})\n")
         print(f"{'context':48} {'p50 ms':>8} {'p90 ms':>8}   goal")
         print(f"{'one-sentence description':48} {ms(short[k])}   <= 20 ms")
         print(f"{'  the same, key already encoded by the cache':48} {ms(short_keyed[k])}")
@@ -186,11 +201,11 @@ def main() -> None:
     if len(generators) > 1:
         print("\np50 against the first generator, measured turn by turn in this run:")
         for k, generator in enumerate(generators[1:], 1):
-            print(f"  {generator.name}: one sentence x{statistics.median(short[k]) / statistics.median(short[0]):.2f}, "
+            print(f"  {_label(generator)}: one sentence x{statistics.median(short[k]) / statistics.median(short[0]):.2f}, "
                   f"document x{statistics.median(doc[k]) / statistics.median(doc[0]):.2f}")
     print(f"\nfine-tuning a LoRA of the same shape ({args.lora_steps} steps, batch 8):")
     for k, generator in enumerate(generators):
-        print(f"  {generator.name}:")
+        print(f"  {_label(generator)}:")
         print(f"    to the task (its labelled examples):        {lora_task:8.1f} s  -> generator is "
               f"{lora_task / statistics.median(short[k]):,.0f}x faster")
         print(f"    to the document (continuation of its text): {lora_doc:8.1f} s  -> generator is "

@@ -146,10 +146,11 @@ def test_context_changes_the_adapter(base, sentence_encoder):
     assert not torch.allclose(a.weights[m][1], b.weights[m][1])
 
 
-@pytest.mark.parametrize("compete,keys", [(0.0, 0), (10.0, 8)])
-def test_streaming_update_equals_reading_the_whole_history(base, sentence_encoder, compete, keys):
-    # small chunks: several boundaries
-    g = Generator.fresh(base, sentence_encoder, seed=2, chunk_tokens=32, copy_compete=compete, copy_keys=keys)
+@pytest.mark.parametrize("compete,keys,int8", [(0.0, 0, False), (10.0, 8, False), (0.0, 0, True)])
+def test_streaming_update_equals_reading_the_whole_history(base, sentence_encoder, compete, keys, int8):
+    # small chunks: several boundaries; int8: as served where bf16 is slow (float32 elsewhere)
+    g = Generator.fresh(base, sentence_encoder, seed=2, chunk_tokens=32, copy_compete=compete, copy_keys=keys,
+                        int8=int8)
     _perturb(g)
     messages = ["user: Hi there, my dog is called Rex.\n", "assistant: Hello! Rex is a fine name.\n",
                 "user: " + "I love long walks by the sea, especially in autumn. " * 6 + "\n",

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from hyperadapter.base import Base
-from hyperadapter.packed import bf16_linears, bucket, cpu_autocast, fast_int8, int8_linears
+from hyperadapter.packed import Int8Linear, bf16_linears, bucket, cpu_autocast, fast_int8, int8_linears
 
 
 # Linears the int8 feature pass keeps in float32: their inputs have a few far-out activations that
@@ -75,6 +75,10 @@ class TokenFeatures:
                 layers = bf16_layers(nn.ModuleList(list(inner.layers)[:layer]))
             view._modules["layers"] = nn.ModuleList(list(layers)[:layer])
             self.view = view
+        # int8 linears scale each row by its largest activation, pads included: a chunk's features
+        # then depend on how far it is padded, so sub-batches take only chunks of one padded width
+        # (a chunk is read exactly as it would be alone: streaming equals reading at once).
+        self.int8 = self.view is not None and any(isinstance(m, Int8Linear) for m in self.view.layers.modules())
         self._lock = threading.Lock()
 
     @torch.no_grad()
@@ -97,7 +101,8 @@ class TokenFeatures:
         while start < len(order):
             end = start + 1
             while (end < len(order) and end - start < max_rows
-                   and (end - start + 1) * len(chunks[order[end]]) <= batch_tokens):
+                   and (end - start + 1) * len(chunks[order[end]]) <= batch_tokens
+                   and (not self.int8 or bucket(len(chunks[order[end]])) == bucket(len(chunks[order[start]])))):
                 end += 1
             rows = torch.tensor(order[start:end])
             width = len(chunks[order[end - 1]])

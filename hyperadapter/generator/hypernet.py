@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hyperadapter.generator.config import KIND_IDS, GeneratorConfig
-from hyperadapter.packed import PackedLinear, can_pack, fast_int8, int8_linear
+from hyperadapter.packed import Int8Linear, PackedLinear, can_pack, fast_int8
 
 
 FIELDS = ("max", "norm", "sum", "copy_max", "copy_norm", "copy_sum")
@@ -221,7 +221,7 @@ class HyperNetwork(nn.Module):
             return layer(x)
         params = (layer.weight,) if layer.bias is None else (layer.weight, layer.bias)
         if self.int8_inference and not torch.is_autocast_enabled("cpu") and fast_int8():
-            return self._frozen(f"int8:{id(layer)}", lambda: int8_linear(layer), params)(x)
+            return self._frozen(f"int8:{id(layer)}", lambda: Int8Linear(layer), params)(x)
         if (not torch.is_autocast_enabled("cpu") or torch.get_autocast_dtype("cpu") != torch.bfloat16
                 or not can_pack()):
             return layer(x)
