@@ -85,3 +85,19 @@ def test_int8_is_for_serving_where_bf16_is_slow(base, monkeypatch, tmp_path):
     monkeypatch.setenv("HYPERADAPTER_BF16", "1")  # where bf16 is fast, bf16 is used instead
     assert not packed.fast_int8()
 
+
+
+@pytest.mark.skipif(not packed.can_int8(), reason="this torch build has no fbgemm int8 linear")
+def test_int8_adapters_do_not_depend_on_their_batch_mates(base, monkeypatch):
+    """int8 rounds each context by its own activations (packed.Int8Linear), not its batch's."""
+    from hyperadapter.generator import Generator
+    from tests.conftest import perturb_generator
+    monkeypatch.setenv("HYPERADAPTER_BF16", "0")
+    monkeypatch.delenv("HYPERADAPTER_INT8", raising=False)
+    g = perturb_generator(Generator.fresh(base, None, seed=6, chunk_tokens=32, int8=True))
+    story = " ".join(f"The {i}th keeper of the lighthouse at Varnholm was called Ada {i}." for i in range(12))
+    items = [("task", "Sort the words."), ("document", story), ("document", "The keeper is named Ada.")]
+    together = g.generate_many(items)
+    for (kind, text), made in zip(items, together):
+        alone = g.generate_adapter(text, kind)
+        assert _relative_error(made, alone) < 5e-3, (kind, text[:20])
