@@ -1,4 +1,5 @@
-"""bf16 only where the CPU multiplies it in hardware: elsewhere the same code runs in float32."""
+"""bf16 only where the CPU multiplies it in hardware: elsewhere the same code runs in float32, and
+serving (only serving) in int8, each context rounded on its own."""
 
 from __future__ import annotations
 
