@@ -118,9 +118,9 @@ class SentenceEncoder:
         cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         with self._lock, torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             for batch in batches:
-                # widths in steps: a kernel per step, not per text length (packed.WIDTH_STEP)
+                # in bf16, widths in steps: a kernel per step, not per text length (packed.WIDTH_STEP)
                 enc = self.tokenizer.pad({"input_ids": [[cls, *pieces[k], sep] for k in batch]},
-                                         pad_to_multiple_of=WIDTH_STEP, return_tensors="pt")
+                                         pad_to_multiple_of=WIDTH_STEP if self.bf16 else None, return_tensors="pt")
                 hidden = self.model(**enc).last_hidden_state.float()
                 mask = enc["attention_mask"].unsqueeze(-1).float()
                 pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)

@@ -60,15 +60,24 @@ class PackedLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.packed, self.bias, "none", [], "")
 
 
-# Input widths (tokens per row) are padded to multiples of this. oneDNN builds a kernel for every
-# new input shape (~1-3 ms for one linear here, several times its matmul) and keeps only the last
-# 1,024: with a width per text length, real traffic of varied lengths keeps building them. Padded
-# widths repeat. Used by the generator's feature pass and by the sentence encoder.
+# Where bf16 runs (through oneDNN), input widths (tokens per row) are padded to multiples of this.
+# oneDNN builds a kernel for every new input shape (~1-3 ms for one linear there, several times its
+# matmul) and keeps only the last 1,024: with a width per text length, real traffic of varied
+# lengths keeps building them. Padded widths repeat. Used by the generator's feature pass and by the
+# sentence encoder. float32 and int8 (fbgemm) build nothing per shape: on an AVX2-only CPU a new
+# width took no longer than a seen one, and padding a one-sentence text from ~20 tokens to 32 cost
+# ~5 ms of a ~60 ms adapter, so there widths are not padded (`width_step`).
 WIDTH_STEP = 16
 
 
-def bucket(width: int, step: int = WIDTH_STEP) -> int:
-    """`width` rounded up to a multiple of `step`."""
+def width_step() -> int:
+    """WIDTH_STEP where bf16 is used (`fast_bf16`), else 1."""
+    return WIDTH_STEP if fast_bf16() else 1
+
+
+def bucket(width: int, step: int | None = None) -> int:
+    """`width` rounded up to a multiple of `step` (default: `width_step()`)."""
+    step = width_step() if step is None else step
     return -(-width // step) * step
 
 
