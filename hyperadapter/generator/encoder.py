@@ -35,7 +35,7 @@ from hyperadapter.packed import Int8Linear, bf16_linears, bucket, cpu_autocast, 
 FLOAT32_LINEARS = ("down_proj",)
 
 
-def bf16_layers(layers: nn.ModuleList, int8: bool = False) -> nn.ModuleList:
+def frozen_layers(layers: nn.ModuleList, int8: bool = False) -> nn.ModuleList:
     """A copy of `layers` with bfloat16 linears (what autocast would cast them to, prepacked where
     oneDNN can: hyperadapter.packed), everything else as it was; no hooks (the runtime's adapters
     never apply to features). With `int8` and where bf16 is slow (packed.fast_int8), int8 linears
@@ -60,7 +60,7 @@ class TokenFeatures:
     with no gradients."""
 
     def __init__(self, base: Base, layer: int, layers: nn.ModuleList | None = None):
-        """`layers`: the base's first layers already made bf16 (bf16_layers), at least `layer` of
+        """`layers`: the base's first layers already copied for this (frozen_layers), at least `layer` of
         them, when several depths share one copy; else this makes its own."""
         self.base = base
         self.layer = layer
@@ -72,7 +72,7 @@ class TokenFeatures:
             view = copy.copy(inner)
             view._modules = dict(inner._modules)
             if layers is None:
-                layers = bf16_layers(nn.ModuleList(list(inner.layers)[:layer]))
+                layers = frozen_layers(nn.ModuleList(list(inner.layers)[:layer]))
             view._modules["layers"] = nn.ModuleList(list(layers)[:layer])
             self.view = view
         # int8 linears scale each row by its largest activation, pads included: a chunk's features
@@ -125,10 +125,10 @@ class TokenFeatures:
 
 
 def feature_passes(base: Base, layers: Sequence[int], int8: bool = False) -> dict[int, TokenFeatures]:
-    """A TokenFeatures per layer in `layers`, all over one bf16 (or `int8`: bf16_layers) copy of the
+    """A TokenFeatures per layer in `layers`, all over one copy (frozen_layers, `int8` or not) of the
     base's first layers (the deepest's): reading tasks at layer 4 and chats at 8 holds 8 layers, not 12."""
     inner = getattr(base.model, "model", None)
     shared = None
     if inner is not None and isinstance(getattr(inner, "layers", None), nn.ModuleList):
-        shared = bf16_layers(nn.ModuleList(list(inner.layers)[:max(layers)]), int8)
+        shared = frozen_layers(nn.ModuleList(list(inner.layers)[:max(layers)]), int8)
     return {layer: TokenFeatures(base, layer, shared) for layer in layers}
