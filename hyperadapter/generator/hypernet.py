@@ -215,7 +215,7 @@ class HyperNetwork(nn.Module):
         """`layer(x)`; at inference under bf16 autocast, through a bf16 copy of the layer laid out
         once for oneDNN (hyperadapter.packed): autocast would cast the weight on every call, a third
         of the heads' time for one adapter. The same numbers. At inference with `int8_inference`
-        set, where bf16 is slow (packed.fast_int8), through an int8 copy: the heads 21.4 -> 15.5 ms
+        set, where bf16 is slow (packed.fast_int8), through an int8 copy: the heads 21.0 -> 14.5 ms
         for one adapter on an AVX2-only CPU, its factors within ~1% of float32."""
         if torch.is_grad_enabled():
             return layer(x)
