@@ -32,7 +32,7 @@ from hyperadapter.config import load_settings  # noqa: E402
 from hyperadapter.data.schema import load_split  # noqa: E402
 from hyperadapter.embedding import SentenceEncoder  # noqa: E402
 from hyperadapter.generator import Generator  # noqa: E402
-from hyperadapter.packed import fast_bf16, fast_int8  # noqa: E402
+from hyperadapter.packed import fast_int8  # noqa: E402
 from hyperadapter.runtime import LoraRuntime  # noqa: E402
 from hyperadapter.training.lora import train_lora  # noqa: E402
 
@@ -59,8 +59,7 @@ def _layers(config) -> str:
 
 
 def _label(generator) -> str:
-    precision = "int8" if generator.int8 and fast_int8() else "bf16" if fast_bf16() else "float32"
-    return f"{generator.name}, {precision}"
+    return f"{generator.name}, {generator.precision}"
 
 
 def timed(fns, runs: int, before=None) -> list[list[float]]:

@@ -258,6 +258,8 @@ def test_bad_input_gets_a_json_4xx(server, method, path, body, status):
 def test_ops_endpoints(server):
     health = requests.get(server + "/healthz", timeout=30).json()
     assert health["status"] == "ok" and health["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    from hyperadapter.packed import fast_bf16, fast_int8  # the service serves in int8 where bf16 is slow
+    assert health["generator_precision"] == ("bf16" if fast_bf16() else "int8" if fast_int8() else "float32")
     metrics = requests.get(server + "/metrics", timeout=30).text
     for name in ("hyperadapter_requests_total", "hyperadapter_request_seconds_bucket", "hyperadapter_queue_depth",
                  "hyperadapter_adapter_cache_total", "hyperadapter_generated_tokens_total"):

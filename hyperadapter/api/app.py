@@ -57,6 +57,7 @@ def create_app(settings: Settings, services=None) -> Flask:
         s = state()
         return jsonify({"status": "ok", "base_model": s.services.base.model_id,
                         "generator": getattr(s.services.generator, "name", None),
+                        "generator_precision": getattr(s.services.generator, "precision", None),
                         "adapters": s.services.store.count(), "queue_depth": s.engine.queue_depth()})
 
     @app.get("/metrics")

@@ -167,6 +167,7 @@ class Health(BaseModel):
     status: str
     base_model: str
     generator: str | None
+    generator_precision: str | None  # bf16, int8 or float32: what the generator's matmuls run in here
     adapters: int
     queue_depth: int
 

@@ -30,7 +30,7 @@ from hyperadapter.base import Base
 from hyperadapter.generator.config import KIND_IDS, GeneratorConfig
 from hyperadapter.generator.encoder import TokenFeatures, feature_passes, token_embeddings
 from hyperadapter.generator.hypernet import AttentionState, HyperNetwork
-from hyperadapter.packed import cpu_autocast
+from hyperadapter.packed import cpu_autocast, fast_bf16, fast_int8
 
 WEIGHTS = "generator.safetensors"
 # In WEIGHTS, the tensors of a kind with weights of its own (GeneratorConfig.own_weights) are named
@@ -197,6 +197,11 @@ class Generator:
             nets[kind] = net.eval().requires_grad_(False)
         hypernet = nets.pop("")
         return cls(config, hypernet, base, sentence_encoder, name=name, own_nets=nets, int8=int8)
+
+    @property
+    def precision(self) -> str:
+        """What its inference matmuls run in here: "bf16", "int8" or "float32"."""
+        return "bf16" if fast_bf16() else "int8" if self.int8 and fast_int8() else "float32"
 
     def net_for(self, kind: str) -> HyperNetwork:
         """The hypernetwork whose weights make adapters of this kind."""
