@@ -120,12 +120,13 @@ def bf16_linears(module: nn.Module, pack: bool = True) -> nn.Module:
 
 # ---------------------------------------------------------------- int8, where bf16 is slow
 # On a CPU without bf16 kernels, fbgemm's dynamic int8 linear (weights int8 per output channel,
-# each input quantised on the fly) is the fast path left: here (AVX2 AMD EPYC) a one-sentence adapter
-# takes 48.8 ms against float32's 58.9 (the heads 14.5 against 21.0, the feature pass 13.1 against
-# 19.4). Its error is small where inputs are normalised and larger where a few activations are far
-# out (the base's down_proj inputs), so callers choose which linears to convert. It goes through torch.ao's quantize_dynamic: deprecated
-# in favour of torchao, whose int8 CPU matmul (torch._int_mm) is ~40x slower than float32 here;
-# with torch pinned it works, and `can_int8` falls back to float32 once it does not.
+# each input quantised on the fly) is the fast path left: here (AVX2 AMD EPYC) a one-sentence
+# adapter takes 48.8 ms against float32's 58.9 (the heads 14.5 against 21.0, the feature pass 13.1
+# against 19.4). Its error is small where inputs are normalised and larger where a few activations
+# are far out (the base's down_proj inputs), so callers choose which linears to convert. It goes
+# through torch.ao's quantize_dynamic: deprecated in favour of torchao, whose int8 CPU matmul
+# (torch._int_mm) is ~40x slower than float32 here; with torch pinned it works, and `can_int8`
+# falls back to float32 once it does not.
 
 _INT8: bool | None = None
 

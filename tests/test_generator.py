@@ -352,7 +352,8 @@ def test_kinds_read_at_their_own_layers_share_one_copy_of_the_base(tmp_path, bas
             assert torch.allclose(together[1].weights[m][i].float(), alone_task.weights[m][i].float(), rtol=1e-2, atol=1e-3)
             # conversation: still layer 8 (up to rounding: the shared sentence encoder may have embedded
             # these texts before, beside other texts, at another padded width)
-            assert torch.allclose(alone_chat.weights[m][i].float(), deep_chat.weights[m][i].float(), rtol=1e-3, atol=1e-4)
+            assert torch.allclose(alone_chat.weights[m][i].float(), deep_chat.weights[m][i].float(),
+                                  rtol=1e-3, atol=1e-4)
     m = "model.layers.0.self_attn.q_proj"
     assert not torch.allclose(alone_task.weights[m][0].float(), deep_task.weights[m][0].float(), rtol=1e-2, atol=1e-3)
     # the stream reads a conversation at its kind's layer too

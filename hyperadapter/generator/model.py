@@ -180,7 +180,8 @@ class Generator:
         return write_checkpoint(directory, state, self.config, extra)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, base: Base, sentence_encoder=None, int8: bool = False) -> "Generator":
+    def from_pretrained(cls, directory: str | Path, base: Base, sentence_encoder=None,
+                        int8: bool = False) -> "Generator":
         """The generator saved in `directory` (`int8`, for serving: see __init__)."""
         directory = Path(directory)
         name = checkpoint_name(directory)
