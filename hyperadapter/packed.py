@@ -18,6 +18,7 @@ through a packed weight). Builds without oneDNN keep plain bf16 linears. Also th
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Sequence
 
@@ -81,21 +82,20 @@ def bucket(width: int, step: int | None = None) -> int:
     return -(-width // step) * step
 
 
-_PACKABLE: bool | None = None
+def _works(check) -> bool:
+    """`check()`'s truth, or False if this torch build lacks what it calls."""
+    try:
+        return bool(check())
+    except (RuntimeError, AttributeError, ImportError, AssertionError):
+        return False
 
 
+@functools.cache
 def can_pack() -> bool:
     """Whether this torch build has oneDNN's prepacked linear (checked once, on a tiny layer)."""
-    global _PACKABLE
-    if _PACKABLE is None:
-        try:
-            probe = nn.Linear(8, 4)
-            _PACKABLE = bool(torch.equal(PackedLinear(probe)(torch.ones(2, 8)),
-                                         nn.functional.linear(torch.ones(2, 8).bfloat16(), probe.weight.bfloat16(),
-                                                              probe.bias.bfloat16())))
-        except (RuntimeError, AttributeError):
-            _PACKABLE = False
-    return _PACKABLE
+    probe, x = nn.Linear(8, 4), torch.ones(2, 8)
+    return _works(lambda: torch.equal(PackedLinear(probe)(x), nn.functional.linear(
+        x.bfloat16(), probe.weight.bfloat16(), probe.bias.bfloat16())))
 
 
 def bf16_linears(module: nn.Module, pack: bool = True) -> nn.Module:
@@ -128,21 +128,12 @@ def bf16_linears(module: nn.Module, pack: bool = True) -> nn.Module:
 # (torch._int_mm) is ~40x slower than float32 here; with torch pinned it works, and `can_int8`
 # falls back to float32 once it does not.
 
-_INT8: bool | None = None
-
-
+@functools.cache
 def can_int8() -> bool:
     """Whether this torch build has fbgemm's dynamic int8 linear (checked once, on a tiny layer)."""
-    global _INT8
-    if _INT8 is None:
-        try:
-            probe = nn.Linear(8, 4)
-            x = torch.ones(2, 8)
-            _INT8 = bool("fbgemm" in torch.backends.quantized.supported_engines
-                         and torch.allclose(Int8Linear(probe)(x), probe(x), atol=0.1))
-        except (RuntimeError, AttributeError, ImportError, AssertionError):
-            _INT8 = False
-    return _INT8
+    probe, x = nn.Linear(8, 4), torch.ones(2, 8)
+    return _works(lambda: "fbgemm" in torch.backends.quantized.supported_engines
+                  and torch.allclose(Int8Linear(probe)(x), probe(x), atol=0.1))
 
 
 def fast_int8() -> bool:
