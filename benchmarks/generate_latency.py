@@ -32,7 +32,6 @@ from hyperadapter.config import load_settings  # noqa: E402
 from hyperadapter.data.schema import load_split  # noqa: E402
 from hyperadapter.embedding import SentenceEncoder  # noqa: E402
 from hyperadapter.generator import Generator  # noqa: E402
-from hyperadapter.packed import fast_int8  # noqa: E402
 from hyperadapter.runtime import LoraRuntime  # noqa: E402
 from hyperadapter.training.lora import train_lora  # noqa: E402
 
@@ -145,7 +144,7 @@ def main() -> None:
     generators = []
     for directory in args.generator or [settings.generator]:
         generators.append(Generator.from_pretrained(directory, base, encoder, int8=True))
-        if args.float32_beside and fast_int8():
+        if args.float32_beside and generators[-1].int8:  # int8 here: time float32 beside it
             generators.append(Generator.from_pretrained(directory, base, encoder))
     document = long_document(settings, base.tokenizer)
     doc_tokens = len(base.tokenizer(document, add_special_tokens=False)["input_ids"])

@@ -87,7 +87,6 @@ def test_int8_is_for_serving_where_bf16_is_slow(base, monkeypatch, tmp_path):
     assert not packed.fast_int8()
 
 
-
 @pytest.mark.skipif(not packed.can_int8(), reason="this torch build has no fbgemm int8 linear")
 def test_int8_adapters_do_not_depend_on_their_batch_mates(base, monkeypatch):
     """int8 rounds each context by its own activations (packed.Int8Linear), not its batch's."""

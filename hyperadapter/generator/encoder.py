@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from hyperadapter.base import Base
-from hyperadapter.packed import Int8Linear, bf16_linears, bucket, cpu_autocast, fast_int8, int8_linears
+from hyperadapter.packed import Int8Linear, bf16_linears, bucket, cpu_autocast, int8_linears
 
 
 # Linears the int8 feature pass keeps in float32: their inputs have a few far-out activations that
@@ -38,13 +38,13 @@ FLOAT32_LINEARS = ("down_proj",)
 def frozen_layers(layers: nn.ModuleList, int8: bool = False) -> nn.ModuleList:
     """A copy of `layers` with bfloat16 linears (what autocast would cast them to, prepacked where
     oneDNN can: hyperadapter.packed), everything else as it was; no hooks (the runtime's adapters
-    never apply to features). With `int8` and where bf16 is slow (packed.fast_int8), int8 linears
+    never apply to features). With `int8` (the caller checked packed.fast_int8), int8 linears
     instead, but FLOAT32_LINEARS."""
     layers = copy.deepcopy(layers)
     for module in layers.modules():
         module._forward_hooks.clear()
         module._forward_pre_hooks.clear()
-    if int8 and fast_int8():
+    if int8:
         return int8_linears(layers, keep=FLOAT32_LINEARS).requires_grad_(False)
     return bf16_linears(layers).requires_grad_(False)
 

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hyperadapter.generator.config import KIND_IDS, GeneratorConfig
-from hyperadapter.packed import Int8Linear, PackedLinear, can_pack, fast_int8
+from hyperadapter.packed import Int8Linear, PackedLinear, can_pack
 
 
 FIELDS = ("max", "norm", "sum", "copy_max", "copy_norm", "copy_sum")
@@ -119,8 +119,8 @@ class HyperNetwork(nn.Module):
     def __init__(self, config: GeneratorConfig):
         super().__init__()
         self.config = c = config
-        # Serving sets it (Generator's int8): linears read at inference go through int8 copies
-        # where bf16 is slow. Training leaves it off, so its validation stays float32.
+        # Serving sets it (Generator's int8, only where packed.fast_int8): linears read at inference
+        # go through int8 copies. Training leaves it off, so its validation stays float32.
         self.int8_inference = False
         self.n_modules = len(c.module_names)
         self.n_queries = c.num_layers * self.n_modules * c.rank
@@ -215,12 +215,12 @@ class HyperNetwork(nn.Module):
         """`layer(x)`; at inference under bf16 autocast, through a bf16 copy of the layer laid out
         once for oneDNN (hyperadapter.packed): autocast would cast the weight on every call, a third
         of the heads' time for one adapter. The same numbers. At inference with `int8_inference`
-        set, where bf16 is slow (packed.fast_int8), through an int8 copy: the heads 21.0 -> 14.5 ms
+        set (where bf16 is slow), through an int8 copy: the heads 21.0 -> 14.5 ms
         for one adapter on an AVX2-only CPU, its factors within ~1% of float32."""
         if torch.is_grad_enabled():
             return layer(x)
         params = (layer.weight,) if layer.bias is None else (layer.weight, layer.bias)
-        if self.int8_inference and not torch.is_autocast_enabled("cpu") and fast_int8():
+        if self.int8_inference and not torch.is_autocast_enabled("cpu"):
             return self._frozen(f"int8:{id(layer)}", lambda: Int8Linear(layer), params)(x)
         if (not torch.is_autocast_enabled("cpu") or torch.get_autocast_dtype("cpu") != torch.bfloat16
                 or not can_pack()):

@@ -144,9 +144,9 @@ def split_own_weights(tensors: dict[str, Tensor], own: Sequence[str]) -> tuple[d
 class Generator:
     def __init__(self, config: GeneratorConfig, hypernet: HyperNetwork, base: Base, sentence_encoder=None,
                  name: str = "untrained", own_nets: dict[str, HyperNetwork] | None = None, int8: bool = False):
-        """`int8`: serve with int8 linears where the CPU has no fast bf16 (hyperadapter.packed.fast_int8)
-        in the feature pass (but FLOAT32_LINEARS) and the hypernetworks' inference linears. The
-        service and the evaluation ask for it; training does not (its numbers stay float32)."""
+        """`int8`: serve with int8 linears where the CPU has no fast bf16 (hyperadapter.packed.fast_int8,
+        decided here once) in the feature pass (but FLOAT32_LINEARS) and the hypernetworks' inference
+        linears. The service and the evaluation ask for it; training does not (it stays float32)."""
         if config.base_model != base.model_id:
             raise GeneratorError(f"generator was trained for {config.base_model!r}, base is {base.model_id!r}")
         own_nets = dict(own_nets or {})
@@ -159,9 +159,9 @@ class Generator:
         self.base = base
         self.sentence_encoder = sentence_encoder
         self.name = name
-        self.int8 = int8
+        self.int8 = int8 and fast_int8()
         for net in (hypernet, *own_nets.values()):
-            net.int8_inference = int8
+            net.int8_inference = self.int8
         self._build_features()
 
     # ------------------------------------------------------------ construction and files
@@ -202,7 +202,7 @@ class Generator:
     @property
     def precision(self) -> str:
         """What its inference matmuls run in here: "bf16", "int8" or "float32"."""
-        return "bf16" if fast_bf16() else "int8" if self.int8 and fast_int8() else "float32"
+        return "int8" if self.int8 else "bf16" if fast_bf16() else "float32"
 
     def net_for(self, kind: str) -> HyperNetwork:
         """The hypernetwork whose weights make adapters of this kind."""
