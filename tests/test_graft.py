@@ -71,6 +71,33 @@ def test_a_grafted_kind_uses_the_donor_and_every_other_kind_stays_bit_for_bit(ba
     assert _same(again.generate_adapter(DOC, "document"), grafted.generate_adapter(DOC, "document"))
 
 
+def test_a_donor_brings_routing_for_its_kind_alone(base, sentence_encoder, tmp_path, capsys):
+    """A donor trained with competing, keyed copy slots for documents (stage 31), grafted onto a
+    checkpoint that routes no kind: documents route as in the donor, the other kinds stay bit for bit."""
+    shared = _saved(base, sentence_encoder, tmp_path / "shared", seed=1)
+    donor = _saved(base, sentence_encoder, tmp_path / "donor", seed=2, copy_compete=10.0, copy_keys=8,
+                   routed_kinds=["document"])
+    assert main(["graft", str(tmp_path / "shared"), "--kind", f"document={tmp_path / 'donor'}",
+                 "--out", str(tmp_path / "grafted")]) == 0
+    grafted = Generator.from_pretrained(tmp_path / "grafted", base, sentence_encoder)
+    c = grafted.config
+    assert (c.copy_compete, c.copy_keys, c.routed_kinds, c.own_weights) == (10.0, 8, ["document"], ["document"])
+    assert _same(grafted.generate_adapter(DOC, "document"), donor.generate_adapter(DOC, "document"))
+    unrouted = Generator.from_pretrained(tmp_path / "donor", base, sentence_encoder)
+    unrouted.config.routed_kinds = ["task"]  # the donor's weights with documents' copy slots unrouted
+    assert not _close(unrouted.generate_adapter(DOC, "document"), donor.generate_adapter(DOC, "document"))
+    assert _same(grafted.generate_adapter(TASK, "task"), shared.generate_adapter(TASK, "task"))
+    assert _same(grafted.generate_adapter(CHAT, "conversation"), shared.generate_adapter(CHAT, "conversation"))
+
+    # routing is brought only onto a checkpoint that routes no kind: the graft routes documents now
+    _saved(base, sentence_encoder, tmp_path / "chats", seed=3, copy_compete=10.0, copy_keys=8,
+           routed_kinds=["conversation"])
+    assert main(["graft", str(tmp_path / "grafted"), "--kind", f"conversation={tmp_path / 'chats'}",
+                 "--out", str(tmp_path / "both")]) == 2
+    assert "routes no kind, and this one routes document" in capsys.readouterr().err
+    assert not (tmp_path / "both").exists()
+
+
 def test_graft_refuses_bad_input_and_training_refuses_a_grafted_checkpoint(base, sentence_encoder, tmp_path, capsys):
     _saved(base, sentence_encoder, tmp_path / "shared", seed=1)
     _saved(base, sentence_encoder, tmp_path / "deeper", seed=3, feature_layer=6)
