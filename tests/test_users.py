@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import torch
-
 from hyperadapter.api.users import Users
 from hyperadapter.generator import Generator
 from hyperadapter.retrieval.store import AdapterStore
