@@ -48,7 +48,8 @@ def _routing_for(config: GeneratorConfig, donor: GeneratorConfig, kind: str) -> 
                          f"onto a checkpoint that routes no kind, and this one routes {', '.join(routed(config))}")
     if kind not in routed(donor):
         return None  # the donor copies for its kind without routing, as the base does for every kind
-    return dataclasses.replace(config, routed_kinds=[kind], **{k: getattr(donor, k) for k in ROUTING if k != "routed_kinds"})
+    brought = {k: getattr(donor, k) for k in ROUTING if k != "routed_kinds"}
+    return dataclasses.replace(config, routed_kinds=[kind], **brought)
 
 
 def graft_kind(base: str | Path, kind: str, donor: str | Path, out: str | Path) -> Path:
