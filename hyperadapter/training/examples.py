@@ -11,7 +11,10 @@ so their features can be cached like any other context's. So are a task descript
 (`task_variants`): with only ~160 training descriptions, a generator can tell them apart by their
 exact wording without reading what they ask; a description with some words dropped, its sentences
 reordered, or one solved example appended asks the same thing in other words. Generated tasks
-(data.synthetic) can stand in for a share of the task and demonstrations contexts. A chat can be cut
+(data.synthetic) can stand in for a share of the task and demonstrations contexts, and a share of the
+demonstrations can come with their labels swapped (training.remap), so that only the demonstrated
+labels tell the right answer; such a context is contrasted with the same demonstrations unswapped,
+and the other way round. A chat can be cut
 to one or a few of its messages, with or without the assistant's replies (`short_history_share`):
 new users bring that little. Locality queries (another task's query under this context's adapter)
 can come from a fixed pool whose generation queries carry the base's own reply as the answer
@@ -27,8 +30,10 @@ from typing import Sequence
 
 from hyperadapter.data.builders import DEMOS, format_demonstrations, short_examples, short_history, split_sentences
 from hyperadapter.data.schema import KINDS, ContextRecord, Query
+from hyperadapter.training.remap import derangement, label_set, remap_query
 
 DEMO_VARIANTS = 8
+REMAPPED = "@remap"  # ends the cache key of a demonstration set with its labels swapped
 MAX_CHOICES = 4  # the right choice and up to three wrong ones per multiple-choice training query
 WORD_DROP = 0.15  # share of a description's words a variant drops
 SHORT_VARIANTS = 4  # fixed short cuts per chat and length
@@ -60,7 +65,8 @@ class ExampleSampler:
                  unrelated_share: float = 0.0, unrelated_kinds: tuple[str, ...] = KINDS, task_variants: int = 1,
                  synthetic: dict[str, list[ContextRecord]] | None = None, synthetic_share: float = 0.0,
                  short_history_share: float = 0.0, locality_pool: list[tuple[str, Query]] | None = None,
-                 short_history_lines: Sequence[int] = (1, 2), short_history_replies: float = 0.0):
+                 short_history_lines: Sequence[int] = (1, 2), short_history_replies: float = 0.0,
+                 remap_share: float = 0.0):
         self.records = {k: v for k, v in records.items() if v and kind_weights.get(k, 0) > 0}
         # generated tasks (data.synthetic) per kind, drawn instead of a real record with synthetic_share
         self.synthetic = {k: v for k, v in (synthetic or {}).items() if v and k in self.records}
@@ -83,6 +89,10 @@ class ExampleSampler:
         self.short_history_lines = tuple(short_history_lines)
         self.short_history_replies = short_history_replies
         self.locality_pool = locality_pool or []  # (task id, query); empty: any query of any other task
+        # demonstrations whose queries share one small label set: their labels can be swapped
+        self.labels = {r.id: labels for r in self.records.get("demonstrations", [])
+                       if (labels := label_set(r)) is not None}
+        self.remap_share = remap_share if self.labels else 0.0
 
     def sample(self, n_contexts: int, queries_per_context: int) -> list[Example]:
         out: list[Example] = []
@@ -90,7 +100,12 @@ class ExampleSampler:
             record = self.rng.choice(self._pool(kind, synthetic=self._draw_synthetic(kind)))
             if kind == "conversation" and self.short_history_share > 0 and self.rng.random() < self.short_history_share:
                 record = self._short(record)
-            out.extend(self._maybe_unrelated(e, record) for e in self.examples_for(record, queries_per_context))
+            if kind == "demonstrations" and self.remap_share > 0 and self.rng.random() < self.remap_share:
+                record = self.rng.choice([r for r in self.records[kind] if r.id in self.labels])
+                examples = self._demonstrations(record, queries_per_context, remap=True)
+            else:
+                examples = self.examples_for(record, queries_per_context)
+            out.extend(self._maybe_unrelated(e, record) for e in examples)
         return out
 
     def _short(self, record: ContextRecord) -> ContextRecord:
@@ -139,6 +154,9 @@ class ExampleSampler:
             if e.kind not in kinds or e.objective == "unrelated":
                 continue
             own = e.context_key.split("#")[0]
+            if e.kind == "demonstrations" and self.remap_share > 0 and own in self.labels:
+                out.append((i, self._relabelled(e)))
+                continue
             # a wrong context from the same pool: a generated task against another generated one
             others = [r for r in self._pool(e.kind, own in self.synthetic_ids) if r.id != own]
             if not others:
@@ -174,13 +192,31 @@ class ExampleSampler:
         choices, label = sample_choices(q, self.rng)
         return Example(kind, key, context, q.input, q.target, "choice", choices, label)
 
-    @staticmethod
-    def _demonstration_set(record: ContextRecord, variant: int) -> tuple[str, str, list[Query]]:
-        """The `variant`-th fixed demonstration set of a task: (its key, its text, its examples)."""
+    def _demonstration_set(self, record: ContextRecord, variant: int,
+                           remap: bool = False) -> tuple[str, str, list[Query]]:
+        """The `variant`-th fixed demonstration set of a task: (its key, its text, its examples), with
+        its labels swapped by the set's fixed permutation if `remap`."""
         pool = record.queries + record.support
         short = short_examples(pool)
         demos = random.Random(f"{record.id}:{variant}").sample(short, min(DEMOS, len(short)))
-        return f"{record.id}#{variant}", format_demonstrations(demos), demos
+        key = f"{record.id}#{variant}"
+        if remap:
+            mapping = self._mapping(record.id, variant)
+            demos, key = [remap_query(q, mapping) for q in demos], key + REMAPPED
+        return key, format_demonstrations(demos), demos
+
+    def _mapping(self, record_id: str, variant: int) -> dict[str, str]:
+        return derangement(self.labels[record_id], f"{record_id}:{variant}:remap")
+
+    def _relabelled(self, example: Example) -> Example:
+        """`example` with the other labelling of its own demonstration set as the wrong context: the
+        swapped set for a plain one, the plain set for a swapped one. The inputs are the same; only
+        the demonstrated labels differ, so only reading them tells the two adapters apart."""
+        own, variant = example.context_key.split("#")
+        remapped = variant.endswith(REMAPPED)
+        record = next(r for r in self.records["demonstrations"] if r.id == own)
+        key, context, _ = self._demonstration_set(record, int(variant.removesuffix(REMAPPED)), remap=not remapped)
+        return dataclasses.replace(example, context_key=key, context=context)
 
     def _draw_context(self, record: ContextRecord) -> tuple[str, str]:
         """`record`'s context as training shows it: (its feature-cache key, its text). Demonstrations,
@@ -211,9 +247,13 @@ class ExampleSampler:
             text += "\n\n" + format_demonstrations([rng.choice(short_examples(record.support))])
         return f"{record.id}#{variant}", text
 
-    def _demonstrations(self, record: ContextRecord, n: int) -> list[Example]:
-        key, context, demos = self._demonstration_set(record, self.rng.randrange(DEMO_VARIANTS))
+    def _demonstrations(self, record: ContextRecord, n: int, remap: bool = False) -> list[Example]:
+        variant = self.rng.randrange(DEMO_VARIANTS)
+        key, context, demos = self._demonstration_set(record, variant, remap)
         pool = record.queries + record.support
+        if remap:  # the queries answer by the same swapped labels as the demonstrations
+            mapping = self._mapping(record.id, variant)
+            pool = [remap_query(q, mapping) for q in pool]
         rest = [q for q in pool if q not in demos] or pool
         return [self._example("demonstrations", key, context, q) for q in (self.rng.choice(rest) for _ in range(n))]
 

@@ -156,6 +156,7 @@ class Trainer:
                                       short_history_share=recipe.short_history_share,
                                       short_history_lines=recipe.short_history_lines,
                                       short_history_replies=recipe.short_history_replies,
+                                      remap_share=recipe.remap_share,
                                       locality_pool=self._locality_pool(train.get("task") or []))
         val = {k: load_split(data_dir, "validation", k) for k in train}
         self.val_examples = self._fixed_examples(val)

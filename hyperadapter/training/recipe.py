@@ -58,6 +58,11 @@ class Recipe:
     # `synthetic_share`. More distinct descriptions than the 161 of the training split.
     synthetic_tasks: int = 0
     synthetic_share: float = 0.0
+    # Share of demonstrations contexts drawn from the training tasks with one small label set and shown
+    # with their labels swapped (training.remap); with the contrastive term on, such a context and the
+    # same demonstrations unswapped are each other's wrong context. Against adapters that know the
+    # task from its inputs and never read the demonstrated answers.
+    remap_share: float = 0.0
     distill_weight: float = 0.0
     distill_every: int = 4
     # Kinds whose supervised answers are distilled. The teacher must know more than the student: with
@@ -126,6 +131,8 @@ def load_recipe(path: str | Path, **overrides) -> Recipe:
     recipe = Recipe(**raw)
     if not recipe.short_history_lines or min(recipe.short_history_lines) < 1:
         raise ValueError(f"recipe {path}: short_history_lines must list message counts of at least 1")
+    if not 0.0 <= recipe.remap_share <= 1.0:
+        raise ValueError(f"recipe {path}: remap_share is a share, between 0 and 1")
     if not 0.0 <= recipe.short_history_replies <= 1.0:
         raise ValueError(f"recipe {path}: short_history_replies is a share, between 0 and 1")
     return recipe

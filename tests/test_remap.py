@@ -1,0 +1,99 @@
+"""Demonstrations with swapped labels (hyperadapter.training.remap) and how the sampler uses them."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from hyperadapter.data.builders import demonstrations
+from hyperadapter.data.schema import ContextRecord, Query
+from hyperadapter.training.examples import REMAPPED, ExampleSampler
+from hyperadapter.training.recipe import load_recipe
+from hyperadapter.training.remap import derangement, label_set, remap_query
+
+SENTIMENT = ["negative", "neutral", "positive"]
+
+
+def classification(name: str, n: int = 30) -> ContextRecord:
+    """A task whose queries all choose among the same three labels."""
+    queries = [Query(input=f"{name} review number {i}", answers=[SENTIMENT[i % 3]], choices=list(SENTIMENT),
+                     label=i % 3) for i in range(n)]
+    return ContextRecord(id=f"t/{name}", kind="task", group=name, source="test", context=f"Rate the {name}.",
+                         metric="choice", queries=queries[:10], support=queries[10:])
+
+
+def generation(name: str, n: int = 30) -> ContextRecord:
+    queries = [Query(input=f"Say {name} {i}", answers=[f"{name} {i}"]) for i in range(n)]
+    return ContextRecord(id=f"t/{name}", kind="task", group=name, source="test", context=f"Repeat {name}.",
+                         metric="generation", queries=queries[:10], support=queries[10:])
+
+
+def shown(context: str) -> dict[str, str]:
+    """The demonstrated (input -> output) pairs of a demonstrations context."""
+    return dict(re.findall(r"Input: (.*)\nOutput: (.*)", context))
+
+
+def truth(input: str) -> str:
+    return SENTIMENT[int(input.rsplit(" ", 1)[1]) % 3]
+
+
+def test_label_sets_and_derangements():
+    assert label_set(classification("film")) == tuple(SENTIMENT)
+    assert label_set(generation("echo")) is None
+    mixed = classification("mixed")
+    mixed.queries[0] = Query(input="odd", answers=["a"], choices=["a", "b"], label=0)
+    assert label_set(mixed) is None  # choices that differ by query are no label set
+
+    mapping = derangement(tuple(SENTIMENT), "seed")
+    assert sorted(mapping.values()) == SENTIMENT and all(k != v for k, v in mapping.items())
+    assert mapping == derangement(tuple(SENTIMENT), "seed")
+    q = classification("film").queries[1]
+    swapped = remap_query(q, mapping)
+    assert swapped.label == q.label and swapped.target == mapping[q.target] != q.target
+    assert swapped.answers == [mapping[q.answers[0]]] and swapped.input == q.input
+
+
+def test_sampler_swaps_labels_of_demonstrations_and_queries_alike_and_contrasts_the_two_labellings():
+    records = {"demonstrations": list(demonstrations([classification("film"), generation("echo")]))}
+    sampler = ExampleSampler(records, {"demonstrations": 1.0}, seed=4, remap_share=0.5)
+    assert set(sampler.labels) == {"demos/t/film"}
+    examples = sampler.sample(60, 2)
+    swapped = [e for e in examples if e.context_key.endswith(REMAPPED)]
+    plain_film = [e for e in examples if e.context_key.startswith("demos/t/film#") and e not in swapped]
+    assert swapped and plain_film
+
+    for e in swapped:
+        pairs = shown(e.context)
+        assert pairs and all(out != truth(inp) for inp, out in pairs.items())  # every label moved
+        assert e.choices[e.label] != truth(e.input)
+        # the query answers by the same permutation its demonstrations show
+        variant = int(e.context_key.split("#")[1].removesuffix(REMAPPED))
+        assert e.choices[e.label] == sampler._mapping("demos/t/film", variant)[truth(e.input)]
+    assert all(all(out == truth(inp) for inp, out in shown(e.context).items()) for e in plain_film)
+
+    wrong = dict(sampler.wrong_contexts(examples, ("demonstrations",)))
+    for i, e in enumerate(examples):
+        if not e.context_key.startswith("demos/t/film#"):
+            # another task's demonstrations, as before: here the only other one, plainly labelled
+            assert wrong[i].context_key.startswith("demos/t/film#") and not wrong[i].context_key.endswith(REMAPPED)
+            continue
+        w = wrong[i]
+        # the same demonstration set under the other labelling: same inputs, other outputs
+        assert w.context_key.removesuffix(REMAPPED) == e.context_key.removesuffix(REMAPPED)
+        assert w.context_key.endswith(REMAPPED) != e.context_key.endswith(REMAPPED)
+        assert shown(w.context).keys() == shown(e.context).keys() and shown(w.context) != shown(e.context)
+        assert (w.input, w.choices, w.label) == (e.input, e.choices, e.label)
+
+
+def test_without_remapping_the_batches_are_what_they_were(tmp_path):
+    records = {"demonstrations": list(demonstrations([classification("film"), generation("echo")]))}
+    plain = ExampleSampler(records, {"demonstrations": 1.0}, seed=2).sample(20, 2)
+    off = ExampleSampler(records, {"demonstrations": 1.0}, seed=2, remap_share=0.0).sample(20, 2)
+    assert [(e.context_key, e.input, e.choices) for e in plain] == [(e.context_key, e.input, e.choices) for e in off]
+    assert not any(e.context_key.endswith(REMAPPED) for e in plain)
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("remap_share = 1.5\n")
+    with pytest.raises(ValueError, match="remap_share"):
+        load_recipe(recipe)
