@@ -71,6 +71,36 @@ def test_a_grafted_kind_uses_the_donor_and_every_other_kind_stays_bit_for_bit(ba
     assert _same(again.generate_adapter(DOC, "document"), grafted.generate_adapter(DOC, "document"))
 
 
+def test_a_compact_graft_stores_own_weights_as_float16_differences_in_less_room(base, sentence_encoder, tmp_path):
+    shared = _saved(base, sentence_encoder, tmp_path / "shared", seed=1)
+    donors = {kind: _saved(base, sentence_encoder, tmp_path / kind, seed=seed)
+              for kind, seed in (("document", 2), ("conversation", 3))}
+    assert main(["graft", str(tmp_path / "shared"), "--kind", f"document={tmp_path / 'document'}",
+                 "--out", str(tmp_path / "whole")]) == 0
+    for onto, out, compact in (("shared", "one", ["--compact"]), ("whole", "two", []), ("whole", "two-compact", ["--compact"])):
+        kind = "document" if out == "one" else "conversation"
+        assert main(["graft", str(tmp_path / onto), "--kind", f"{kind}={tmp_path / kind}", "--out",
+                     str(tmp_path / out), *compact]) == 0
+    size = {d: (tmp_path / d / "generator.safetensors").stat().st_size for d in ("shared", "two", "two-compact")}
+    # two kinds of their own: whole, three copies of the weights; compact, two
+    assert size["two"] > 2.9 * size["shared"] and size["two-compact"] < 2.1 * size["shared"]
+    with safe_open(tmp_path / "two-compact" / "generator.safetensors", framework="pt") as f:
+        own = [k for k in f.keys() if not k.startswith(("kind.", "delta."))]
+        deltas = [k for k in f.keys() if k.startswith("delta.")]
+        assert not [k for k in f.keys() if k.startswith("kind.")]
+        assert len(deltas) == 2 * len(own) and all(f.get_tensor(k).dtype == torch.float16 for k in deltas)
+
+    grafted = Generator.from_pretrained(tmp_path / "two-compact", base, sentence_encoder)
+    assert grafted.config.own_weights == ["document", "conversation"]
+    assert _same(grafted.generate_adapter(TASK, "task"), shared.generate_adapter(TASK, "task"))  # shared: exact
+    for kind, context in (("document", DOC), ("conversation", CHAT)):
+        made = grafted.generate_adapter(context, kind)
+        assert _close(made, donors[kind].generate_adapter(context, kind)), kind
+        assert not _close(made, shared.generate_adapter(context, kind)), kind
+    one = Generator.from_pretrained(tmp_path / "one", base, sentence_encoder)
+    assert _close(one.generate_adapter(DOC, "document"), donors["document"].generate_adapter(DOC, "document"))
+
+
 def test_a_donor_brings_routing_for_its_kind_alone(base, sentence_encoder, tmp_path, capsys):
     """A donor trained with competing, keyed copy slots for documents (stage 31), grafted onto a
     checkpoint that routes no kind: documents route as in the donor, the other kinds stay bit for bit."""

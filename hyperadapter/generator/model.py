@@ -36,6 +36,13 @@ WEIGHTS = "generator.safetensors"
 # In WEIGHTS, the tensors of a kind with weights of its own (GeneratorConfig.own_weights) are named
 # `kind.<kind>.<the shared tensor's name>`.
 OWN_PREFIX = "kind.{kind}."
+# Or, compact (`own_weights_state(..., compact=True)`), as float16 differences from the shared tensor of
+# the same name, `delta.<kind>.<name>`. Own weights are the shared ones after some dozens of steps on one
+# kind, so the difference is small, and float16 keeps it to 3 significant digits (the weight itself to
+# far more) in half the room: two kinds of their own then fit the 50 MB a shipped checkpoint may take,
+# where each float32 copy adds 22 MB. Loaded, they are float32 again (shared + difference).
+DELTA_PREFIX = "delta.{kind}."
+OWN_DTYPE = torch.float16
 # Contexts per hypernetwork pass at inference. Its attention scores and outputs are [contexts, 720
 # slots, ...]: a few contexts at a time stay in the CPU's caches, where 32 at once spilled to memory
 # and ran slower per context than one at a time (benchmarks/batch.py). The base pass stays batched.
@@ -134,11 +141,36 @@ class ContextStream:
 
 
 def split_own_weights(tensors: dict[str, Tensor], own: Sequence[str]) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
-    """A checkpoint's tensors -> (shared tensors, {kind: that kind's own tensors, unprefixed})."""
-    prefixes = {kind: OWN_PREFIX.format(kind=kind) for kind in own}
-    shared = {k: v for k, v in tensors.items() if not k.startswith("kind.")}
-    per_kind = {kind: {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)} for kind, p in prefixes.items()}
+    """A checkpoint's tensors -> (shared tensors, {kind: that kind's own tensors, unprefixed, float32}).
+    A kind's own tensors may be stored whole or as differences from the shared ones (DELTA_PREFIX)."""
+    shared = {k: v for k, v in tensors.items() if not k.startswith(("kind.", "delta."))}
+    per_kind = {}
+    for kind in own:
+        whole, delta = OWN_PREFIX.format(kind=kind), DELTA_PREFIX.format(kind=kind)
+        mine = {k[len(whole):]: v for k, v in tensors.items() if k.startswith(whole)}
+        for k, v in tensors.items():
+            if k.startswith(delta):
+                name = k[len(delta):]
+                if name not in shared:
+                    raise GeneratorError(f"the weights of kind {kind!r} hold a difference from {name!r}, "
+                                         "which the shared weights lack")
+                mine[name] = shared[name] + v.float()
+        per_kind[kind] = mine
     return shared, per_kind
+
+
+def own_weights_state(shared: dict[str, Tensor], per_kind: dict[str, dict[str, Tensor]],
+                      compact: bool = False) -> dict[str, Tensor]:
+    """The tensors to save for shared weights and kinds' own ones: own ones whole (float32, exact), or
+    with `compact` as float16 differences from the shared ones (see DELTA_PREFIX)."""
+    state = dict(shared)
+    for kind, own in per_kind.items():
+        if compact:
+            state.update({DELTA_PREFIX.format(kind=kind) + k: (v.float() - shared[k].float()).to(OWN_DTYPE)
+                          for k, v in own.items()})
+        else:
+            state.update({OWN_PREFIX.format(kind=kind) + k: v for k, v in own.items()})
+    return state
 
 
 class Generator:
@@ -174,10 +206,8 @@ class Generator:
         return cls(config, HyperNetwork(config), base, sentence_encoder, int8=int8)
 
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
-        state = dict(self.hypernet.state_dict())
-        for kind, net in self.own_nets.items():
-            state.update({OWN_PREFIX.format(kind=kind) + k: v for k, v in net.state_dict().items()})
-        return write_checkpoint(directory, state, self.config, extra)
+        own = {kind: net.state_dict() for kind, net in self.own_nets.items()}
+        return write_checkpoint(directory, own_weights_state(self.hypernet.state_dict(), own), self.config, extra)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, base: Base, sentence_encoder=None,

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from hyperadapter.generator.config import KIND_IDS, GeneratorConfig
 from hyperadapter.generator.hypernet import HyperNetwork
-from hyperadapter.generator.model import (CONFIG, OWN_PREFIX, WEIGHTS, checkpoint_name, holds_checkpoint,
+from hyperadapter.generator.model import (CONFIG, WEIGHTS, checkpoint_name, holds_checkpoint, own_weights_state,
                                           split_own_weights, write_checkpoint)
 
 
@@ -52,9 +52,12 @@ def _routing_for(config: GeneratorConfig, donor: GeneratorConfig, kind: str) -> 
     return dataclasses.replace(config, routed_kinds=[kind], **brought)
 
 
-def graft_kind(base: str | Path, kind: str, donor: str | Path, out: str | Path) -> Path:
+def graft_kind(base: str | Path, kind: str, donor: str | Path, out: str | Path, compact: bool = False) -> Path:
     """Write to `out` the checkpoint `base` with `donor`'s shared weights as the weights of `kind`
     (replacing any `base` had for it), and its routing for `kind` if it has any (see the module doc).
+    `compact` stores every kind's own weights as float16 differences from the shared ones (about half
+    the room; generator.model.DELTA_PREFIX): the other kinds' adapters are then close to, not bit for
+    bit, what they were when their own weights were whole.
     Refuses an unknown kind, a donor of other settings or with kinds of its own weights, and an `out`
     that already holds a checkpoint."""
     base, donor, out = Path(base), Path(donor), Path(out)
@@ -82,9 +85,7 @@ def graft_kind(base: str | Path, kind: str, donor: str | Path, out: str | Path) 
     if donor_tensors.keys() != shared.keys() or any(donor_tensors[k].shape != v.shape for k, v in shared.items()):
         raise GraftError(f"{donor} has other tensors than {base}")
     per_kind[kind] = donor_tensors
-    state = dict(shared)
-    for k, own in per_kind.items():
-        state.update({OWN_PREFIX.format(kind=k) + name: v for name, v in own.items()})
+    state = own_weights_state(shared, per_kind, compact)
     config.own_weights = sorted(per_kind, key=list(KIND_IDS).index)
     return write_checkpoint(out, state, config, {"grafted": {kind: names["donor"]}, "onto": names["base"]})
 
