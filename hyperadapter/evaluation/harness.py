@@ -22,6 +22,7 @@ from tqdm import tqdm
 from hyperadapter.adapter import Adapter
 from hyperadapter.base import Base
 from hyperadapter.data.builders import short_history
+from hyperadapter.data.relabel import relabelled
 from hyperadapter.data.schema import KINDS, ContextRecord, load_split
 from hyperadapter.evaluation import metrics
 from hyperadapter.evaluation.systems import System
@@ -58,6 +59,9 @@ class EvalConfig:
     # conversation contexts and as the unrelated contexts of generated-unrelated; 0: whole histories.
     history_lines: int = 0
     history_replies: bool = False  # with history_lines: keep the assistant's reply after each kept message
+    # Demonstrations relabelled (data.relabel.relabelled): only the tasks with one small label set, each
+    # shown and asked with its labels swapped. An adapter that reads its demonstrations follows the swap.
+    relabel: bool = False
     # The kind whose adapters generated-unrelated puts on every context; "": a chat's for tasks,
     # demonstrations and documents, a document's for chats (systems.UnrelatedContextSystem)
     unrelated_kind: str = ""
@@ -79,10 +83,13 @@ def load_eval_config(path: str | Path, **overrides) -> EvalConfig:
 
 
 def eval_records(data_dir: Path, config: EvalConfig, kind: str) -> list[ContextRecord]:
-    """The records a run scores for `kind` (`select`ed; chats cut to `history_lines` messages)."""
+    """The records a run scores for `kind` (`select`ed; chats cut to `history_lines` messages,
+    demonstrations relabelled with `relabel`)."""
     records = load_split(data_dir, config.split, kind)
     if kind == "conversation" and config.history_lines > 0:
         records = [short_history(r, config.history_lines, replies=config.history_replies) for r in records]
+    if kind == "demonstrations" and config.relabel:
+        records = [r for r in map(relabelled, records) if r is not None]
     return select(records, config.max_contexts.get(kind, 0), config.limit)
 
 

@@ -12,7 +12,7 @@ so their features can be cached like any other context's. So are a task descript
 exact wording without reading what they ask; a description with some words dropped, its sentences
 reordered, or one solved example appended asks the same thing in other words. Generated tasks
 (data.synthetic) can stand in for a share of the task and demonstrations contexts, and a share of the
-demonstrations can come with their labels swapped (training.remap), so that only the demonstrated
+demonstrations can come with their labels swapped (data.relabel), so that only the demonstrated
 labels tell the right answer; such a context is contrasted with the same demonstrations unswapped,
 and the other way round. A chat can be cut
 to one or a few of its messages, with or without the assistant's replies (`short_history_share`):
@@ -30,7 +30,7 @@ from typing import Sequence
 
 from hyperadapter.data.builders import DEMOS, format_demonstrations, short_examples, short_history, split_sentences
 from hyperadapter.data.schema import KINDS, ContextRecord, Query
-from hyperadapter.training.remap import derangement, label_set, remap_query
+from hyperadapter.data.relabel import derangement, label_set, remap_query
 
 DEMO_VARIANTS = 8
 REMAPPED = "@remap"  # ends the cache key of a demonstration set with its labels swapped

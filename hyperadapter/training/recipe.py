@@ -59,7 +59,7 @@ class Recipe:
     synthetic_tasks: int = 0
     synthetic_share: float = 0.0
     # Share of demonstrations contexts drawn from the training tasks with one small label set and shown
-    # with their labels swapped (training.remap); with the contrastive term on, such a context and the
+    # with their labels swapped (data.relabel); with the contrastive term on, such a context and the
     # same demonstrations unswapped are each other's wrong context. Against adapters that know the
     # task from its inputs and never read the demonstrated answers.
     remap_share: float = 0.0

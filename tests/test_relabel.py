@@ -1,4 +1,4 @@
-"""Demonstrations with swapped labels (hyperadapter.training.remap) and how the sampler uses them."""
+"""Demonstrations with swapped labels (hyperadapter.data.relabel) and how the sampler uses them."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import re
 import pytest
 
 from hyperadapter.data.builders import demonstrations
-from hyperadapter.data.schema import ContextRecord, Query
+from hyperadapter.data.relabel import derangement, label_set, relabelled, remap_query
+from hyperadapter.data.schema import ContextRecord, Query, write_records
+from hyperadapter.evaluation.harness import EvalConfig, eval_records
 from hyperadapter.training.examples import REMAPPED, ExampleSampler
 from hyperadapter.training.recipe import load_recipe
-from hyperadapter.training.remap import derangement, label_set, remap_query
 
 SENTIMENT = ["negative", "neutral", "positive"]
 
@@ -97,3 +98,20 @@ def test_without_remapping_the_batches_are_what_they_were(tmp_path):
     recipe.write_text("remap_share = 1.5\n")
     with pytest.raises(ValueError, match="remap_share"):
         load_recipe(recipe)
+
+
+def test_the_harness_scores_held_out_demonstrations_relabelled(tmp_path):
+    film, echo = demonstrations([classification("film"), generation("echo")])
+    swapped = relabelled(film)
+    assert relabelled(echo) is None
+    before, after = shown(film.context), shown(swapped.context)
+    assert before.keys() == after.keys() and all(after[i] != before[i] == truth(i) for i in before)
+    mapping = {truth(i): after[i] for i in before}  # the swap the demonstrations show...
+    assert all(q.target == mapping[truth(q.input)] for q in swapped.queries + swapped.support)  # ...the queries ask
+    assert relabelled(film) == swapped  # fixed
+
+    write_records(tmp_path / "test" / "demonstrations.jsonl", [film, echo])
+    plain = eval_records(tmp_path, EvalConfig(split="test", limit=4), "demonstrations")
+    assert [r.id for r in plain] == [film.id, echo.id]
+    chosen = eval_records(tmp_path, EvalConfig(split="test", limit=4, relabel=True), "demonstrations")
+    assert [r.context for r in chosen] == [swapped.context] and chosen[0].queries == swapped.queries[:4]

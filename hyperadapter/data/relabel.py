@@ -11,12 +11,17 @@ labels tell which answer is right, so a generator has to read them (the "flipped
 
 A permutation moves every label (a derangement), so the task's own labels are wrong under it. Each
 demonstration set has one fixed permutation, so remapped contexts are cached like any other.
+
+Training draws such sets (training.examples, recipe key `remap_share`); the harness can score held-out
+demonstrations relabelled the same way (`relabelled`, eval key `relabel`): there an adapter that reads
+its demonstrations answers by the swapped labels, one that knows only the task by the task's own.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
+import re
 
 from hyperadapter.data.schema import ContextRecord, Query
 
@@ -51,3 +56,19 @@ def remap_query(q: Query, mapping: dict[str, str]) -> Query:
     so the right one (same index) now reads as another label."""
     return dataclasses.replace(q, answers=[mapping.get(a, a) for a in q.answers],
                                choices=[mapping[c] for c in q.choices] if q.choices is not None else None)
+
+
+def relabelled(record: ContextRecord) -> ContextRecord | None:
+    """A demonstrations record with its labels swapped by a fixed derangement, in its demonstrations
+    (the context's "Output:" lines) and in its queries alike; None if it has no small label set."""
+    labels = label_set(record)
+    if labels is None:
+        return None
+    mapping = derangement(labels, f"{record.id}:relabel")
+
+    def output(m: re.Match) -> str:
+        return m.group(1) + mapping.get(m.group(2), m.group(2))
+
+    context = re.sub(r"^(Output: )(.*)$", output, record.context, flags=re.MULTILINE)
+    return dataclasses.replace(record, context=context, queries=[remap_query(q, mapping) for q in record.queries],
+                               support=[remap_query(q, mapping) for q in record.support])
