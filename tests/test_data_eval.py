@@ -244,6 +244,12 @@ def test_results_of_two_runs_split_by_kind_merge_into_one_table(tmp_path):
     other = write({**run("task", 1.0, ["base"]), "config": {**config, "limit": 8, "kinds": ["task"], "systems": ["base"]}},
                   tmp_path)
     assert other["systems"] == {"base": {"task": {**summary, "score": 1.0}}}
+    # a run from before the relabel key is a run without relabelling; relabelled demonstrations are other contexts
+    eight = {**config, "limit": 8, "kinds": ["task"], "systems": ["generated"]}
+    plain = write({**run("task", 2.0, ["generated"]), "config": {**eight, "relabel": False}}, tmp_path)
+    assert set(plain["systems"]) == {"base", "generated"}
+    swapped = write({**run("task", 3.0, ["generated"]), "config": {**eight, "relabel": True}}, tmp_path)
+    assert swapped["systems"] == {"generated": {"task": {**summary, "score": 3.0}}}
 
 
 def test_unrelated_context_system_takes_adapters_from_another_kind(tmp_path):

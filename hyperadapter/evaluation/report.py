@@ -86,7 +86,8 @@ def chart(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-SAME_RUN = ("split", "max_contexts", "limit", "max_new_tokens", "data_dir")
+SAME_RUN = ("split", "max_contexts", "limit", "max_new_tokens", "data_dir", "relabel")
+UNSET = {"relabel": False}  # what a key added later meant in results written before it
 KIND_ORDER = ("task", "demonstrations", "document", "conversation")
 
 
@@ -98,7 +99,7 @@ def merge(results: dict, out_dir: Path) -> dict:
     if not path.is_file():
         return results
     old = json.loads(path.read_text())
-    if any(old["config"].get(k) != results["config"].get(k) for k in SAME_RUN):
+    if any(old["config"].get(k, UNSET.get(k)) != results["config"].get(k, UNSET.get(k)) for k in SAME_RUN):
         return results
     systems = {name: dict(per_kind) for name, per_kind in old["systems"].items()}
     for name, per_kind in results["systems"].items():
