@@ -14,9 +14,8 @@ reordered, or one solved example appended asks the same thing in other words. Ge
 (data.synthetic) can stand in for a share of the task and demonstrations contexts, and a share of the
 demonstrations can come with their labels swapped (data.relabel), so that only the demonstrated
 labels tell the right answer; such a context is contrasted with the same demonstrations unswapped,
-and the other way round. A chat can be cut
-to one or a few of its messages, with or without the assistant's replies (`short_history_share`):
-new users bring that little. Locality queries (another task's query under this context's adapter)
+and the other way round. A chat can be cut to one or a few of its messages, with or without the
+assistant's replies (`short_history_share`): new users bring that little. Locality queries (another task's query under this context's adapter)
 can come from a fixed pool whose generation queries carry the base's own reply as the answer
 (training.locality).
 """
@@ -29,8 +28,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from hyperadapter.data.builders import DEMOS, format_demonstrations, short_examples, short_history, split_sentences
-from hyperadapter.data.schema import KINDS, ContextRecord, Query
 from hyperadapter.data.relabel import derangement, label_set, remap_query
+from hyperadapter.data.schema import KINDS, ContextRecord, Query
 
 DEMO_VARIANTS = 8
 REMAPPED = "@remap"  # ends the cache key of a demonstration set with its labels swapped
