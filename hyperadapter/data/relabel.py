@@ -70,5 +70,10 @@ def relabelled(record: ContextRecord) -> ContextRecord | None:
         return m.group(1) + mapping.get(m.group(2), m.group(2))
 
     context = re.sub(r"^(Output: )(.*)$", output, record.context, flags=re.MULTILINE)
-    return dataclasses.replace(record, context=context, queries=[remap_query(q, mapping) for q in record.queries],
+    return dataclasses.replace(swap_labels(record, mapping), context=context)
+
+
+def swap_labels(record: ContextRecord, mapping: dict[str, str]) -> ContextRecord:
+    """`record` with the labels of all its queries (and support) renamed by `mapping`; its context as it was."""
+    return dataclasses.replace(record, queries=[remap_query(q, mapping) for q in record.queries],
                                support=[remap_query(q, mapping) for q in record.support])

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from hyperadapter.data.builders import DEMOS, format_demonstrations, short_examples, short_history, split_sentences
-from hyperadapter.data.relabel import derangement, label_set, remap_query
+from hyperadapter.data.relabel import derangement, label_set, swap_labels
 from hyperadapter.data.schema import KINDS, ContextRecord, Query
 
 DEMO_VARIANTS = 8
@@ -91,6 +91,7 @@ class ExampleSampler:
         # demonstrations whose queries share one small label set: their labels can be swapped
         self.labels = {r.id: labels for r in self.records.get("demonstrations", [])
                        if (labels := label_set(r)) is not None}
+        self.relabellable = [r for r in self.records.get("demonstrations", []) if r.id in self.labels]
         self.remap_share = remap_share if self.labels else 0.0
 
     def sample(self, n_contexts: int, queries_per_context: int) -> list[Example]:
@@ -100,7 +101,7 @@ class ExampleSampler:
             if kind == "conversation" and self.short_history_share > 0 and self.rng.random() < self.short_history_share:
                 record = self._short(record)
             if kind == "demonstrations" and self.remap_share > 0 and self.rng.random() < self.remap_share:
-                record = self.rng.choice([r for r in self.records[kind] if r.id in self.labels])
+                record = self.rng.choice(self.relabellable)
                 examples = self._demonstrations(record, queries_per_context, remap=True)
             else:
                 examples = self.examples_for(record, queries_per_context)
@@ -191,31 +192,32 @@ class ExampleSampler:
         choices, label = sample_choices(q, self.rng)
         return Example(kind, key, context, q.input, q.target, "choice", choices, label)
 
-    def _demonstration_set(self, record: ContextRecord, variant: int,
-                           remap: bool = False) -> tuple[str, str, list[Query]]:
-        """The `variant`-th fixed demonstration set of a task: (its key, its text, its examples), with
-        its labels swapped by the set's fixed permutation if `remap`."""
+    @staticmethod
+    def _demonstration_set(record: ContextRecord, variant: int) -> tuple[str, str, list[Query]]:
+        """The `variant`-th fixed demonstration set of a task: (its key, its text, its examples)."""
         pool = record.queries + record.support
         short = short_examples(pool)
         demos = random.Random(f"{record.id}:{variant}").sample(short, min(DEMOS, len(short)))
-        key = f"{record.id}#{variant}"
-        if remap:
-            mapping = self._mapping(record.id, variant)
-            demos, key = [remap_query(q, mapping) for q in demos], key + REMAPPED
-        return key, format_demonstrations(demos), demos
+        return f"{record.id}#{variant}", format_demonstrations(demos), demos
 
     def _mapping(self, record_id: str, variant: int) -> dict[str, str]:
+        """The fixed label permutation of a task's `variant`-th demonstration set."""
         return derangement(self.labels[record_id], f"{record_id}:{variant}:remap")
+
+    def _swapped(self, record: ContextRecord, variant: int) -> ContextRecord:
+        """`record` with every query's labels swapped by its `variant`-th set's permutation. Inputs stay
+        as they were, so its `variant`-th demonstration set holds the plain set's examples, swapped."""
+        return swap_labels(record, self._mapping(record.id, variant))
 
     def _relabelled(self, example: Example) -> Example:
         """`example` with the other labelling of its own demonstration set as the wrong context: the
         swapped set for a plain one, the plain set for a swapped one. The inputs are the same; only
         the demonstrated labels differ, so only reading them tells the two adapters apart."""
         own, variant = example.context_key.split("#")
-        remapped = variant.endswith(REMAPPED)
-        record = next(r for r in self.records["demonstrations"] if r.id == own)
-        key, context, _ = self._demonstration_set(record, int(variant.removesuffix(REMAPPED)), remap=not remapped)
-        return dataclasses.replace(example, context_key=key, context=context)
+        record = next(r for r in self.relabellable if r.id == own)
+        swap, number = not variant.endswith(REMAPPED), int(variant.removesuffix(REMAPPED))
+        key, context, _ = self._demonstration_set(self._swapped(record, number) if swap else record, number)
+        return dataclasses.replace(example, context_key=key + (REMAPPED if swap else ""), context=context)
 
     def _draw_context(self, record: ContextRecord) -> tuple[str, str]:
         """`record`'s context as training shows it: (its feature-cache key, its text). Demonstrations,
@@ -248,11 +250,11 @@ class ExampleSampler:
 
     def _demonstrations(self, record: ContextRecord, n: int, remap: bool = False) -> list[Example]:
         variant = self.rng.randrange(DEMO_VARIANTS)
-        key, context, demos = self._demonstration_set(record, variant, remap)
-        pool = record.queries + record.support
         if remap:  # the queries answer by the same swapped labels as the demonstrations
-            mapping = self._mapping(record.id, variant)
-            pool = [remap_query(q, mapping) for q in pool]
+            record = self._swapped(record, variant)
+        key, context, demos = self._demonstration_set(record, variant)
+        key += REMAPPED if remap else ""
+        pool = record.queries + record.support
         rest = [q for q in pool if q not in demos] or pool
         return [self._example("demonstrations", key, context, q) for q in (self.rng.choice(rest) for _ in range(n))]
 
