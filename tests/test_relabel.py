@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -115,3 +116,38 @@ def test_the_harness_scores_held_out_demonstrations_relabelled(tmp_path):
     assert [r.id for r in plain] == [film.id, echo.id]
     chosen = eval_records(tmp_path, EvalConfig(split="test", limit=4, relabel=True), "demonstrations")
     assert [r.context for r in chosen] == [swapped.context] and chosen[0].queries == swapped.queries[:4]
+
+
+def test_swapped_demonstrations_are_distilled_from_the_base_that_reads_them_not_anchored(tmp_path):
+    """With distill_remapped, a query of swapped demonstrations (a ranked choice) takes its KL from the
+    base with those demonstrations in its prompt instead of the anchor's from the base alone; plain
+    demonstrations keep the anchor and are not distilled."""
+    import torch
+
+    from hyperadapter.training.loop import Trainer
+    from hyperadapter.training.recipe import Recipe
+    from tests.conftest import perturb_generator
+    records = list(demonstrations([classification("film"), classification("book"), generation("echo")]))
+    for split in ("train", "validation", "test"):
+        write_records(tmp_path / "data" / split / "demonstrations.jsonl", records)
+    trainer = Trainer(Recipe(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), contexts_per_batch=2,
+                             queries_per_context=1, eval_batches=1, kind_weights={"demonstrations": 1.0},
+                             remap_share=1.0, anchor_weight=0.5, anchor_kinds=["demonstrations"],
+                             distill_weight=1.0, distill_every=1, bf16=False))
+    perturb_generator(trainer.generator)
+    examples = trainer.sampler.sample(4, 1)
+    swapped = [e for e in examples if e.context_key.endswith(REMAPPED)]
+    assert len(swapped) == len(examples) and all(e.choices for e in swapped)
+    plain = [trainer.sampler._relabelled(e) for e in swapped]  # the same queries, plainly labelled
+    plain = [dataclasses.replace(p, choices=e.choices, label=e.label) for p, e in zip(plain, swapped)]
+    with torch.no_grad():
+        off = trainer.losses(swapped, True)
+        trainer.recipe.distill_remapped = True
+        on = trainer.losses(swapped, True)
+        unswapped = trainer.losses(plain, True)
+    assert float(off["distill"]) == 0.0 and float(off["anchor"]) > 0.0
+    assert float(on["anchor"]) == 0.0 and float(on["distill"]) > 0.0
+    assert float(on["answer"]) == pytest.approx(float(off["answer"]), rel=1e-5)
+    assert float(unswapped["distill"]) == 0.0 and float(unswapped["anchor"]) > 0.0
+    # the teacher reads the swapped demonstrations: not the base alone, so not the anchor's KL
+    assert float(on["distill"]) != pytest.approx(float(off["anchor"]), rel=1e-3)

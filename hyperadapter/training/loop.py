@@ -34,7 +34,7 @@ from hyperadapter.embedding import SentenceEncoder
 from hyperadapter.generator import Generator
 from hyperadapter.generator.config import KIND_IDS
 from hyperadapter.runtime import LoraRuntime
-from hyperadapter.training.examples import Example, ExampleSampler
+from hyperadapter.training.examples import REMAPPED, Example, ExampleSampler
 from hyperadapter.training.locality import base_replied, sample_locality_queries
 from hyperadapter.training.objectives import item_losses_and_kl, truncate_input
 from hyperadapter.training.recipe import Recipe
@@ -172,6 +172,11 @@ class Trainer:
         """Whether `example` is trained by the anchor alone (Recipe.anchor_unrelated)."""
         return self.recipe.anchor_unrelated and example.objective == "unrelated"
 
+    def _distilled_remapped(self, example: Example) -> bool:
+        """Whether `example` is a query of swapped demonstrations that Recipe.distill_remapped distils."""
+        return (self.recipe.distill_remapped and example.kind == "demonstrations"
+                and example.context_key.endswith(REMAPPED))
+
     def _synthetic(self, train: dict[str, list]) -> dict[str, list]:
         """Generated tasks and their demonstrations (data.synthetic), inputs from training documents."""
         r = self.recipe
@@ -255,13 +260,15 @@ class Trainer:
 
             # the anchor: the base without context is the teacher, on the group's own answers
             anchored = [j for j, i in enumerate(rows) if anchor and i < n and examples[i].objective != "selfsup"
-                        and (examples[i].kind in r.anchor_kinds or self._anchor_only(examples[i]))]
+                        and (examples[i].kind in r.anchor_kinds or self._anchor_only(examples[i]))
+                        and not (distill and self._distilled_remapped(examples[i]))]
             # distilled: supervised answers only (a continuation of a chunk the teacher reads in its
-            # prompt is a copy, and a locality query is no question about the context); the teacher
-            # is the base with the context in its prompt
+            # prompt is a copy, and a locality query is no question about the context), and swapped
+            # demonstrations (Recipe.distill_remapped); the teacher is the base with the context in its prompt
             distilled = {j: context_prompt(self.base, examples[i].kind, examples[i].context, inputs[i])
-                         for j, i in enumerate(rows) if distill and i < n and examples[i].objective == "supervised"
-                         and examples[i].kind in r.distill_kinds}
+                         for j, i in enumerate(rows) if distill and i < n
+                         and ((examples[i].objective == "supervised" and examples[i].kind in r.distill_kinds)
+                              or self._distilled_remapped(examples[i]))}
             losses, anchor_kl, distill_kl = item_losses_and_kl(
                 self.base, self.runtime, [prompts[i] for i in rows], [examples[i] for i in rows], factors_of,
                 r.max_target_tokens, r.bf16, anchored, distilled)

@@ -70,6 +70,12 @@ class Recipe:
     # a chat history or a task description in its prompt it scores below the adapter (7.3 recall
     # against 21.4) or below zero-shot, so distilling those would teach the student to be worse.
     distill_kinds: list[str] = field(default_factory=lambda: ["document"])
+    # Distil the demonstrations shown with swapped labels (remap_share), their ranked choices included,
+    # from the base that reads them, in place of the anchor. The base with swapped demonstrations in its
+    # prompt follows the swap (held-out probe: 55.9 against 45.8 zero-shot), while the anchor's teacher,
+    # the base alone, answers by the task's own labels: anchoring those queries pulls the adapter away
+    # from the very labels its demonstrations show.
+    distill_remapped: bool = False
     # Anchor: KL(base || adapted) at the answer tokens of queries of these kinds (for multiple choice,
     # the right choice's tokens), weighted by `anchor_weight` (0: off). The ranking loss on a Yes/No
     # task is as happy with an adapter that makes "Yes" and "No" the likeliest reply to anything as
