@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import pytest
+import torch
 
 from hyperadapter.data.builders import demonstrations
 from hyperadapter.data.relabel import derangement, label_set, relabelled, remap_query
@@ -13,6 +13,7 @@ from hyperadapter.data.schema import ContextRecord, Query, write_records
 from hyperadapter.evaluation.harness import EvalConfig, eval_records
 from hyperadapter.training.examples import REMAPPED, ExampleSampler
 from hyperadapter.training.recipe import load_recipe
+from tests.conftest import perturb_generator
 
 SENTIMENT = ["negative", "neutral", "positive"]
 
@@ -122,11 +123,8 @@ def test_swapped_demonstrations_are_distilled_from_the_base_that_reads_them_not_
     """With distill_remapped, a query of swapped demonstrations (a ranked choice) takes its KL from the
     base with those demonstrations in its prompt instead of the anchor's from the base alone; plain
     demonstrations keep the anchor and are not distilled."""
-    import torch
-
     from hyperadapter.training.loop import Trainer
     from hyperadapter.training.recipe import Recipe
-    from tests.conftest import perturb_generator
     records = list(demonstrations([classification("film"), classification("book"), generation("echo")]))
     for split in ("train", "validation", "test"):
         write_records(tmp_path / "data" / split / "demonstrations.jsonl", records)
@@ -138,8 +136,8 @@ def test_swapped_demonstrations_are_distilled_from_the_base_that_reads_them_not_
     examples = trainer.sampler.sample(4, 1)
     swapped = [e for e in examples if e.context_key.endswith(REMAPPED)]
     assert len(swapped) == len(examples) and all(e.choices for e in swapped)
-    plain = [trainer.sampler._relabelled(e) for e in swapped]  # the same queries, plainly labelled
-    plain = [dataclasses.replace(p, choices=e.choices, label=e.label) for p, e in zip(plain, swapped)]
+    plain = [trainer.sampler._relabelled(e) for e in swapped]  # the same queries, under the plain demonstrations
+    assert all(not p.context_key.endswith(REMAPPED) and p.choices == e.choices for p, e in zip(plain, swapped))
     with torch.no_grad():
         off = trainer.losses(swapped, True)
         trainer.recipe.distill_remapped = True
