@@ -43,6 +43,18 @@ def make_adapter(base, seed: int, modules=("q_proj", "v_proj"), rank: int = 8, s
     return Adapter(weights, alpha, base.model_id, {"seed": str(seed)})
 
 
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b||, in float32."""
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def worst_relative_difference(a, b) -> float:
+    """The largest relative difference over the factors of two adapters of the same modules.
+    Elementwise tolerances fail on bf16 CPUs, where a batch and a lone context round differently
+    (their factors differ by ~0.5% here); another generator's factors differ by ~100% or more."""
+    return max(relative_difference(a.weights[m][i], b.weights[m][i]) for m in a.weights for i in (0, 1))
+
+
 def perturb_generator(generator, seed: int = 0):
     """Give a fresh generator nonzero output scales (as training would) so its adapters are not zero."""
     g = torch.Generator().manual_seed(seed)

@@ -15,7 +15,7 @@ import torch
 from hyperadapter.config import REPO_ROOT, default_data_root
 from hyperadapter.generator import Generator, GeneratorError
 from hyperadapter.generator.config import KIND_IDS
-from tests.conftest import perturb_generator as _perturb, write_tiny_data
+from tests.conftest import perturb_generator as _perturb, worst_relative_difference, write_tiny_data
 
 
 @pytest.fixture(scope="module")
@@ -346,14 +346,11 @@ def test_kinds_read_at_their_own_layers_share_one_copy_of_the_base(tmp_path, bas
     together = mixed.generate_many([("conversation", chat), ("task", task)])
     alone_chat, alone_task = mixed.generate_adapter(chat, "conversation"), mixed.generate_adapter(task, "task")
     deep_chat, deep_task = deep.generate_adapter(chat, "conversation"), deep.generate_adapter(task, "task")
-    for m in together[0].weights:
-        for i in range(2):
-            assert torch.allclose(together[0].weights[m][i].float(), alone_chat.weights[m][i].float(), rtol=1e-2, atol=1e-3)
-            assert torch.allclose(together[1].weights[m][i].float(), alone_task.weights[m][i].float(), rtol=1e-2, atol=1e-3)
-            # conversation: still layer 8 (up to rounding: the shared sentence encoder may have embedded
-            # these texts before, beside other texts, at another padded width)
-            assert torch.allclose(alone_chat.weights[m][i].float(), deep_chat.weights[m][i].float(),
-                                  rtol=1e-3, atol=1e-4)
+    assert worst_relative_difference(together[0], alone_chat) < 2e-2
+    assert worst_relative_difference(together[1], alone_task) < 2e-2
+    # conversation: still layer 8 (up to rounding: the shared sentence encoder may have embedded
+    # these texts before, beside other texts, at another padded width)
+    assert worst_relative_difference(alone_chat, deep_chat) < 1e-2
     m = "model.layers.0.self_attn.q_proj"
     assert not torch.allclose(alone_task.weights[m][0].float(), deep_task.weights[m][0].float(), rtol=1e-2, atol=1e-3)
     # the stream reads a conversation at its kind's layer too

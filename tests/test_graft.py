@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from hyperadapter.cli import main
 from hyperadapter.generator import Generator
-from tests.conftest import perturb_generator
+from tests.conftest import perturb_generator, relative_difference, worst_relative_difference
 
 DOC = "The keeper of the north lighthouse is named Ingrid. It stands on a cliff above the harbour."
 TASK = "Answer with the opposite word."
@@ -29,8 +29,7 @@ def _same(a, b) -> bool:
 
 
 def _close(a, b) -> bool:
-    return all(torch.allclose(a.weights[k][i].float(), b.weights[k][i].float(), rtol=2e-2, atol=2e-3)
-               for k in a.weights for i in (0, 1))
+    return a.weights.keys() == b.weights.keys() and worst_relative_difference(a, b) < 2e-2
 
 
 def test_a_grafted_kind_uses_the_donor_and_every_other_kind_stays_bit_for_bit(base, sentence_encoder, tmp_path, capsys):
@@ -65,7 +64,7 @@ def test_a_grafted_kind_uses_the_donor_and_every_other_kind_stays_bit_for_bit(ba
     stream = grafted.append(grafted.stream("document"), [DOC])
     streamed = grafted.adapter_from_stream(stream)
     a, b = streamed.weights["model.layers.3.mlp.down_proj"][1], made[1].weights["model.layers.3.mlp.down_proj"][1]
-    assert torch.allclose(a.float(), b.float(), rtol=1e-2, atol=1e-3)
+    assert relative_difference(a, b) < 2e-2
     grafted.save_pretrained(tmp_path / "again")
     again = Generator.from_pretrained(tmp_path / "again", base, sentence_encoder)
     assert _same(again.generate_adapter(DOC, "document"), grafted.generate_adapter(DOC, "document"))
