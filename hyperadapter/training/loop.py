@@ -258,10 +258,6 @@ class Trainer:
                 at = torch.tensor([rows[i] for i in index])
                 return {m: (a[at], b[at]) for m, (a, b) in runtime_factors.items()}
 
-            # the anchor: the base without context is the teacher, on the group's own answers
-            anchored = [j for j, i in enumerate(rows) if anchor and i < n and examples[i].objective != "selfsup"
-                        and (examples[i].kind in r.anchor_kinds or self._anchor_only(examples[i]))
-                        and not (distill and self._distilled_remapped(examples[i]))]
             # distilled: supervised answers only (a continuation of a chunk the teacher reads in its
             # prompt is a copy, and a locality query is no question about the context), and swapped
             # demonstrations (Recipe.distill_remapped); the teacher is the base with the context in its prompt
@@ -269,6 +265,11 @@ class Trainer:
                          for j, i in enumerate(rows) if distill and i < n
                          and ((examples[i].objective == "supervised" and examples[i].kind in r.distill_kinds)
                               or self._distilled_remapped(examples[i]))}
+            # the anchor: the base without context is the teacher, on the group's own answers; a distilled
+            # query has the base that reads its context as its teacher instead
+            anchored = [j for j, i in enumerate(rows) if anchor and i < n and examples[i].objective != "selfsup"
+                        and (examples[i].kind in r.anchor_kinds or self._anchor_only(examples[i]))
+                        and j not in distilled]
             losses, anchor_kl, distill_kl = item_losses_and_kl(
                 self.base, self.runtime, [prompts[i] for i in rows], [examples[i] for i in rows], factors_of,
                 r.max_target_tokens, r.bf16, anchored, distilled)

@@ -65,7 +65,8 @@ class Recipe:
     remap_share: float = 0.0
     distill_weight: float = 0.0
     distill_every: int = 4
-    # Kinds whose supervised answers are distilled. The teacher must know more than the student: with
+    # Kinds whose supervised answers are distilled (a distilled query is not also anchored: its teacher
+    # is the base that reads its context). The teacher must know more than the student: with
     # the document in its prompt the base scores F1 15.1 against the adapter's 10.4 on test, but with
     # a chat history or a task description in its prompt it scores below the adapter (7.3 recall
     # against 21.4) or below zero-shot, so distilling those would teach the student to be worse.
