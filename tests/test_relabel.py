@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from hyperadapter.data.builders import demonstrations
-from hyperadapter.data.relabel import derangement, label_set, relabelled, remap_query
+from hyperadapter.data.relabel import SYMBOLS, derangement, label_set, relabelled, remap_query
 from hyperadapter.data.schema import ContextRecord, Query, write_records
 from hyperadapter.evaluation.harness import EvalConfig, eval_records
-from hyperadapter.training.examples import REMAPPED, ExampleSampler
+from hyperadapter.training.examples import MOVED, REMAPPED, SYMBOLIC, ExampleSampler
 from hyperadapter.training.recipe import load_recipe
 from tests.conftest import perturb_generator
 
@@ -149,3 +149,60 @@ def test_swapped_demonstrations_are_distilled_from_the_base_that_reads_them_not_
     assert float(unswapped["distill"]) == 0.0 and float(unswapped["anchor"]) > 0.0
     # the teacher reads the swapped demonstrations: not the base alone, so not the anchor's KL
     assert float(on["distill"]) != pytest.approx(float(off["anchor"]), rel=1e-3)
+
+
+def test_symbol_tuning_renames_labels_to_unrelated_words_and_contrasts_the_other_assignment():
+    records = {"demonstrations": list(demonstrations([classification("film"), generation("echo")]))}
+    sampler = ExampleSampler(records, {"demonstrations": 1.0}, seed=5, remap_share=0.5, remap_symbols=True)
+    examples = sampler.sample(60, 2)
+    symbolic = [e for e in examples if e.context_key.endswith(SYMBOLIC)]
+    assert symbolic and not any(e.context_key.endswith(REMAPPED) for e in examples)
+    wrong = dict(sampler.wrong_contexts(examples, ("demonstrations",)))
+    for e in symbolic:
+        pairs = shown(e.context)
+        words = {truth(i): w for i, w in pairs.items()}  # the renaming the demonstrations show
+        assert pairs and set(words.values()) <= set(SYMBOLS)
+        assert all(words[truth(i)] == w for i, w in pairs.items())  # one word per label...
+        assert len(set(words.values())) == len(words)  # ...and another for each label
+        assert set(e.choices) <= set(SYMBOLS)
+        variant = int(e.context_key.split("#")[1].removesuffix(SYMBOLIC))
+        full = sampler._symbols("demos/t/film", variant)  # the shown pairs may not show every label
+        assert e.choices[e.label] == full[truth(e.input)] and words.items() <= full.items()
+        # the wrong context: the same inputs and words, each input showing another word than here
+        w = wrong[examples.index(e)]
+        assert w.context_key == e.context_key + MOVED
+        other = shown(w.context)
+        assert other.keys() == pairs.keys() and set(other.values()) <= set(full.values())
+        assert all(other[i] != pairs[i] for i in pairs)
+        assert (w.input, w.choices, w.label) == (e.input, e.choices, e.label)
+    # plain sets keep the swapped labelling as their wrong context
+    plain = [i for i, e in enumerate(examples) if e.context_key.startswith("demos/t/film#") and e not in symbolic]
+    assert plain and all(wrong[i].context_key.endswith(REMAPPED) for i in plain)
+
+
+def test_symbol_queries_are_not_anchored_and_exclude_distilling_them(tmp_path):
+    """The base alone knows nothing of the words a symbol set answers by: such queries get no anchor,
+    while the same queries plainly labelled keep it."""
+    from hyperadapter.training.loop import Trainer
+    from hyperadapter.training.recipe import Recipe
+    records = list(demonstrations([classification("film"), classification("book"), generation("echo")]))
+    for split in ("train", "validation", "test"):
+        write_records(tmp_path / "data" / split / "demonstrations.jsonl", records)
+    trainer = Trainer(Recipe(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), contexts_per_batch=2,
+                             queries_per_context=1, eval_batches=1, kind_weights={"demonstrations": 1.0},
+                             remap_share=1.0, remap_symbols=True, anchor_weight=0.5,
+                             anchor_kinds=["demonstrations"], bf16=False))
+    perturb_generator(trainer.generator)
+    symbolic = trainer.sampler.sample(4, 1)
+    assert all(e.context_key.endswith(SYMBOLIC) and set(e.choices) <= set(SYMBOLS) for e in symbolic)
+    plain = trainer.sampler.examples_for(records[0], 4)
+    with torch.no_grad():
+        words = trainer.losses(symbolic, False)
+        labels = trainer.losses(plain, False)
+    assert float(words["anchor"]) == 0.0 and float(words["answer"]) > 0.0
+    assert float(labels["anchor"]) > 0.0
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("remap_share = 0.5\nremap_symbols = true\ndistill_remapped = true\n")
+    with pytest.raises(ValueError, match="remap_symbols"):
+        load_recipe(recipe)

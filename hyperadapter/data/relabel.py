@@ -12,6 +12,10 @@ labels tell which answer is right, so a generator has to read them (the "flipped
 A permutation moves every label (a derangement), so the task's own labels are wrong under it. Each
 demonstration set has one fixed permutation, so remapped contexts are cached like any other.
 
+Symbol tuning goes one step further (`symbol_mapping`, recipe key `remap_symbols`): the labels become
+unrelated words ("river", "piano"), so no prior about the task's own labels is left to fall back on and
+the demonstrated input-to-symbol pairs are all an adapter has.
+
 Training draws such sets (training.examples, recipe key `remap_share`); the harness can score held-out
 demonstrations relabelled the same way (`relabelled`, eval key `relabel`): there an adapter that reads
 its demonstrations answers by the swapped labels, one that knows only the task by the task's own.
@@ -26,6 +30,10 @@ import re
 from hyperadapter.data.schema import ContextRecord, Query
 
 MAX_LABELS = 10  # a larger fixed label set (a hundred numbers) is not a classification to relabel
+# Words that name no label of any task here (no Yes/No, True/False, sentiment, digits or letters)
+SYMBOLS = ("apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "candle", "mirror", "garden",
+           "rocket", "violin", "pepper", "forest", "silver", "window", "coffee", "island", "dragon", "pencil",
+           "marble", "planet", "turtle", "basket")
 
 
 def label_set(record: ContextRecord) -> tuple[str, ...] | None:
@@ -49,6 +57,11 @@ def derangement(labels: tuple[str, ...], seed: str) -> dict[str, str]:
         rng.shuffle(moved)
         if all(a != b for a, b in zip(labels, moved)):
             return dict(zip(labels, moved))
+
+
+def symbol_mapping(labels: tuple[str, ...], seed: str) -> dict[str, str]:
+    """A fixed renaming (by `seed`) of each of `labels` to a distinct word of SYMBOLS."""
+    return dict(zip(labels, random.Random(seed).sample(SYMBOLS, len(labels))))
 
 
 def remap_query(q: Query, mapping: dict[str, str]) -> Query:

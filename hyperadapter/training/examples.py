@@ -14,7 +14,8 @@ reordered, or one solved example appended asks the same thing in other words. Ge
 (data.synthetic) can stand in for a share of the task and demonstrations contexts, and a share of the
 demonstrations can come with their labels swapped (data.relabel), so that only the demonstrated
 labels tell the right answer; such a context is contrasted with the same demonstrations unswapped,
-and the other way round. A chat can be cut to one or a few of its messages, with or without the
+and the other way round. With `remap_symbols` the labels become unrelated words instead (symbol
+tuning), contrasted with the same words assigned the other way round. A chat can be cut to one or a few of its messages, with or without the
 assistant's replies (`short_history_share`): new users bring that little. Locality queries (another
 task's query under this context's adapter) can come from a fixed pool whose generation queries carry
 the base's own reply as the answer (training.locality).
@@ -28,11 +29,13 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from hyperadapter.data.builders import DEMOS, format_demonstrations, short_examples, short_history, split_sentences
-from hyperadapter.data.relabel import derangement, label_set, swap_labels
+from hyperadapter.data.relabel import derangement, label_set, swap_labels, symbol_mapping
 from hyperadapter.data.schema import KINDS, ContextRecord, Query
 
 DEMO_VARIANTS = 8
 REMAPPED = "@remap"  # ends the cache key of a demonstration set with its labels swapped
+SYMBOLIC = "@symbols"  # ends the key of a demonstration set with its labels renamed to unrelated words
+MOVED = "@moved"  # ends the key of such a set with the words assigned the other way round (its wrong context)
 MAX_CHOICES = 4  # the right choice and up to three wrong ones per multiple-choice training query
 WORD_DROP = 0.15  # share of a description's words a variant drops
 SHORT_VARIANTS = 4  # fixed short cuts per chat and length
@@ -65,7 +68,7 @@ class ExampleSampler:
                  synthetic: dict[str, list[ContextRecord]] | None = None, synthetic_share: float = 0.0,
                  short_history_share: float = 0.0, locality_pool: list[tuple[str, Query]] | None = None,
                  short_history_lines: Sequence[int] = (1, 2), short_history_replies: float = 0.0,
-                 remap_share: float = 0.0):
+                 remap_share: float = 0.0, remap_symbols: bool = False):
         self.records = {k: v for k, v in records.items() if v and kind_weights.get(k, 0) > 0}
         # generated tasks (data.synthetic) per kind, drawn instead of a real record with synthetic_share
         self.synthetic = {k: v for k, v in (synthetic or {}).items() if v and k in self.records}
@@ -93,6 +96,7 @@ class ExampleSampler:
                        if (labels := label_set(r)) is not None}
         self.relabellable = [r for r in self.records.get("demonstrations", []) if r.id in self.labels]
         self.remap_share = remap_share if self.labels else 0.0
+        self.remap_symbols = remap_symbols
 
     def sample(self, n_contexts: int, queries_per_context: int) -> list[Example]:
         out: list[Example] = []
@@ -155,7 +159,7 @@ class ExampleSampler:
                 continue
             own = e.context_key.split("#")[0]
             if e.kind == "demonstrations" and self.remap_share > 0 and own in self.labels:
-                out.append((i, self._relabelled(e)))
+                out.append((i, self._moved(e) if e.context_key.endswith(SYMBOLIC) else self._relabelled(e)))
                 continue
             # a wrong context from the same pool: a generated task against another generated one
             others = [r for r in self._pool(e.kind, own in self.synthetic_ids) if r.id != own]
@@ -204,6 +208,24 @@ class ExampleSampler:
         """The fixed label permutation of a task's `variant`-th demonstration set."""
         return derangement(self.labels[record_id], f"{record_id}:{variant}:remap")
 
+    def _symbols(self, record_id: str, variant: int, moved: bool = False) -> dict[str, str]:
+        """The fixed renaming of a task's labels to unrelated words for its `variant`-th demonstration
+        set; `moved`: the same words, each given to another label (a fixed derangement of them)."""
+        mapping = symbol_mapping(self.labels[record_id], f"{record_id}:{variant}:symbols")
+        if not moved:
+            return mapping
+        shift = derangement(tuple(sorted(mapping.values())), f"{record_id}:{variant}:moved")
+        return {label: shift[word] for label, word in mapping.items()}
+
+    def _moved(self, example: Example) -> Example:
+        """`example`, a query of a symbol set, with the same set under the other assignment of its words
+        as the wrong context: same inputs, same words, only which input shows which word differs."""
+        own, variant = example.context_key.split("#")
+        number = int(variant.removesuffix(SYMBOLIC))
+        record = next(r for r in self.relabellable if r.id == own)
+        key, context, _ = self._demonstration_set(swap_labels(record, self._symbols(own, number, moved=True)), number)
+        return dataclasses.replace(example, context_key=key + SYMBOLIC + MOVED, context=context)
+
     def _swapped(self, record: ContextRecord, variant: int) -> ContextRecord:
         """`record` with every query's labels swapped by its `variant`-th set's permutation. Inputs stay
         as they were, so its `variant`-th demonstration set holds the plain set's examples, swapped."""
@@ -250,10 +272,13 @@ class ExampleSampler:
 
     def _demonstrations(self, record: ContextRecord, n: int, remap: bool = False) -> list[Example]:
         variant = self.rng.randrange(DEMO_VARIANTS)
-        if remap:  # the queries answer by the same swapped labels as the demonstrations
+        symbols = remap and self.remap_symbols
+        if symbols:  # the queries answer by the same words as the demonstrations
+            record = swap_labels(record, self._symbols(record.id, variant))
+        elif remap:  # the queries answer by the same swapped labels as the demonstrations
             record = self._swapped(record, variant)
         key, context, demos = self._demonstration_set(record, variant)
-        key += REMAPPED if remap else ""
+        key += SYMBOLIC if symbols else REMAPPED if remap else ""
         pool = record.queries + record.support
         rest = [q for q in pool if q not in demos] or pool
         return [self._example("demonstrations", key, context, q) for q in (self.rng.choice(rest) for _ in range(n))]

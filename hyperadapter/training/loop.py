@@ -34,7 +34,7 @@ from hyperadapter.embedding import SentenceEncoder
 from hyperadapter.generator import Generator
 from hyperadapter.generator.config import KIND_IDS
 from hyperadapter.runtime import LoraRuntime
-from hyperadapter.training.examples import REMAPPED, Example, ExampleSampler
+from hyperadapter.training.examples import REMAPPED, SYMBOLIC, Example, ExampleSampler
 from hyperadapter.training.locality import base_replied, sample_locality_queries
 from hyperadapter.training.objectives import item_losses_and_kl, truncate_input
 from hyperadapter.training.recipe import Recipe
@@ -156,7 +156,7 @@ class Trainer:
                                       short_history_share=recipe.short_history_share,
                                       short_history_lines=recipe.short_history_lines,
                                       short_history_replies=recipe.short_history_replies,
-                                      remap_share=recipe.remap_share,
+                                      remap_share=recipe.remap_share, remap_symbols=recipe.remap_symbols,
                                       locality_pool=self._locality_pool(train.get("task") or []))
         val = {k: load_split(data_dir, "validation", k) for k in train}
         self.val_examples = self._fixed_examples(val)
@@ -176,6 +176,12 @@ class Trainer:
         """Whether `example` is a query of swapped demonstrations that Recipe.distill_remapped distils."""
         return (self.recipe.distill_remapped and example.kind == "demonstrations"
                 and example.context_key.endswith(REMAPPED))
+
+    @staticmethod
+    def _symbolic(example: Example) -> bool:
+        """Whether `example` is a query of demonstrations whose labels are unrelated words (Recipe.remap_symbols):
+        the base alone gives them no distribution worth anchoring to."""
+        return example.kind == "demonstrations" and example.context_key.endswith(SYMBOLIC)
 
     def _synthetic(self, train: dict[str, list]) -> dict[str, list]:
         """Generated tasks and their demonstrations (data.synthetic), inputs from training documents."""
@@ -266,10 +272,11 @@ class Trainer:
                          and ((examples[i].objective == "supervised" and examples[i].kind in r.distill_kinds)
                               or self._distilled_remapped(examples[i]))}
             # the anchor: the base without context is the teacher, on the group's own answers; a distilled
-            # query has the base that reads its context as its teacher instead
+            # query has the base that reads its context as its teacher instead, and a query answered by
+            # unrelated words has none
             anchored = [j for j, i in enumerate(rows) if anchor and i < n and examples[i].objective != "selfsup"
                         and (examples[i].kind in r.anchor_kinds or self._anchor_only(examples[i]))
-                        and j not in distilled]
+                        and j not in distilled and not self._symbolic(examples[i])]
             losses, anchor_kl, distill_kl = item_losses_and_kl(
                 self.base, self.runtime, [prompts[i] for i in rows], [examples[i] for i in rows], factors_of,
                 r.max_target_tokens, r.bf16, anchored, distilled)

@@ -63,6 +63,12 @@ class Recipe:
     # same demonstrations unswapped are each other's wrong context. Against adapters that know the
     # task from its inputs and never read the demonstrated answers.
     remap_share: float = 0.0
+    # Symbol tuning: those contexts rename their labels to unrelated words (data.relabel.SYMBOLS) instead
+    # of swapping them. A swap leaves the task's own labels as a prior that fights the demonstrations (held
+    # out, no stage followed a swap); unrelated words leave nothing but the demonstrated pairs. A symbol
+    # set's wrong context is the same set with the words assigned the other way round; its queries are
+    # not anchored (the base alone knows no symbols) and cannot be distilled (nor does it with them shown).
+    remap_symbols: bool = False
     distill_weight: float = 0.0
     distill_every: int = 4
     # Kinds whose supervised answers are distilled (a distilled query is not also anchored: its teacher
@@ -140,6 +146,9 @@ def load_recipe(path: str | Path, **overrides) -> Recipe:
         raise ValueError(f"recipe {path}: short_history_lines must list message counts of at least 1")
     if not 0.0 <= recipe.remap_share <= 1.0:
         raise ValueError(f"recipe {path}: remap_share is a share, between 0 and 1")
+    if recipe.remap_symbols and recipe.distill_remapped:
+        raise ValueError(f"recipe {path}: remap_symbols and distill_remapped exclude each other: the base "
+                         "that reads demonstrations of unrelated words is no teacher for them")
     if not 0.0 <= recipe.short_history_replies <= 1.0:
         raise ValueError(f"recipe {path}: short_history_replies is a share, between 0 and 1")
     return recipe
