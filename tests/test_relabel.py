@@ -10,7 +10,7 @@ import torch
 from hyperadapter.data.builders import demonstrations
 from hyperadapter.data.relabel import SYMBOLS, derangement, label_set, relabelled, remap_query
 from hyperadapter.data.schema import ContextRecord, Query, write_records
-from hyperadapter.evaluation.harness import EvalConfig, eval_records
+from hyperadapter.evaluation.harness import EvalConfig, eval_records, load_eval_config
 from hyperadapter.training.examples import MOVED, REMAPPED, SYMBOLIC, ExampleSampler
 from hyperadapter.training.recipe import load_recipe
 from tests.conftest import perturb_generator
@@ -117,6 +117,18 @@ def test_the_harness_scores_held_out_demonstrations_relabelled(tmp_path):
     assert [r.id for r in plain] == [film.id, echo.id]
     chosen = eval_records(tmp_path, EvalConfig(split="test", limit=4, relabel=True), "demonstrations")
     assert [r.context for r in chosen] == [swapped.context] and chosen[0].queries == swapped.queries[:4]
+
+    words = eval_records(tmp_path, EvalConfig(split="test", limit=4, relabel=True, relabel_symbols=True),
+                         "demonstrations")
+    renamed = shown(words[0].context)
+    assert renamed.keys() == before.keys() and set(renamed.values()) <= set(SYMBOLS)
+    mapping = {truth(i): renamed[i] for i in before}
+    assert len(set(mapping.values())) == len(mapping)  # one word per label
+    assert all(q.target == mapping[truth(q.input)] and set(q.choices) <= set(SYMBOLS) for q in words[0].queries)
+    config = tmp_path / "e.toml"
+    config.write_text("relabel_symbols = true\n")
+    with pytest.raises(ValueError, match="relabel"):
+        load_eval_config(config)
 
 
 def test_swapped_demonstrations_are_distilled_from_the_base_that_reads_them_not_anchored(tmp_path):

@@ -71,13 +71,14 @@ def remap_query(q: Query, mapping: dict[str, str]) -> Query:
                                choices=[mapping[c] for c in q.choices] if q.choices is not None else None)
 
 
-def relabelled(record: ContextRecord) -> ContextRecord | None:
-    """A demonstrations record with its labels swapped by a fixed derangement, in its demonstrations
-    (the context's "Output:" lines) and in its queries alike; None if it has no small label set."""
+def relabelled(record: ContextRecord, symbols: bool = False) -> ContextRecord | None:
+    """A demonstrations record with its labels swapped by a fixed derangement (`symbols`: renamed to
+    unrelated words), in its demonstrations (the context's "Output:" lines) and in its queries alike;
+    None if it has no small label set."""
     labels = label_set(record)
     if labels is None:
         return None
-    mapping = derangement(labels, f"{record.id}:relabel")
+    mapping = symbol_mapping(labels, f"{record.id}:symbols") if symbols else derangement(labels, f"{record.id}:relabel")
 
     def output(m: re.Match) -> str:
         return m.group(1) + mapping.get(m.group(2), m.group(2))

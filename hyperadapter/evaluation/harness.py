@@ -62,6 +62,9 @@ class EvalConfig:
     # Demonstrations relabelled (data.relabel.relabelled): only the tasks with one small label set, each
     # shown and asked with its labels swapped. An adapter that reads its demonstrations follows the swap.
     relabel: bool = False
+    # With relabel: rename the labels to unrelated words (data.relabel.SYMBOLS) instead of swapping them;
+    # no task's own labels are then left to answer by, only the demonstrated pairs.
+    relabel_symbols: bool = False
     # The kind whose adapters generated-unrelated puts on every context; "": a chat's for tasks,
     # demonstrations and documents, a document's for chats (systems.UnrelatedContextSystem)
     unrelated_kind: str = ""
@@ -74,6 +77,8 @@ def load_eval_config(path: str | Path, **overrides) -> EvalConfig:
         raise ValueError(f"{path}: unknown keys {sorted(set(raw) - names)}")
     raw.update({k: v for k, v in overrides.items() if v is not None})
     config = EvalConfig(**raw)
+    if config.relabel_symbols and not config.relabel:
+        raise ValueError(f"{path}: relabel_symbols renames the labels relabel swaps; set relabel = true as well")
     if config.unrelated_kind and config.unrelated_kind not in KINDS:
         raise ValueError(f"unrelated_kind {config.unrelated_kind!r} is not a kind; use one of {', '.join(KINDS)}")
     if config.unrelated_kind in config.kinds:
@@ -89,7 +94,7 @@ def eval_records(data_dir: Path, config: EvalConfig, kind: str) -> list[ContextR
     if kind == "conversation" and config.history_lines > 0:
         records = [short_history(r, config.history_lines, replies=config.history_replies) for r in records]
     if kind == "demonstrations" and config.relabel:
-        records = [r for r in map(relabelled, records) if r is not None]
+        records = [r for r in (relabelled(r, symbols=config.relabel_symbols) for r in records) if r is not None]
     return select(records, config.max_contexts.get(kind, 0), config.limit)
 
 

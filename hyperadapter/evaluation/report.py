@@ -86,8 +86,8 @@ def chart(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-SAME_RUN = ("split", "max_contexts", "limit", "max_new_tokens", "data_dir", "relabel")
-UNSET = {"relabel": False}  # what a key added later meant in results written before it
+SAME_RUN = ("split", "max_contexts", "limit", "max_new_tokens", "data_dir", "relabel", "relabel_symbols")
+UNSET = {"relabel": False, "relabel_symbols": False}  # what a key added later meant in results written before it
 KIND_ORDER = ("task", "demonstrations", "document", "conversation")
 
 
