@@ -131,10 +131,9 @@ def test_the_harness_scores_held_out_demonstrations_relabelled(tmp_path):
         load_eval_config(config)
 
 
-def test_swapped_demonstrations_are_distilled_from_the_base_that_reads_them_not_anchored(tmp_path):
-    """With distill_remapped, a query of swapped demonstrations (a ranked choice) takes its KL from the
-    base with those demonstrations in its prompt instead of the anchor's from the base alone; plain
-    demonstrations keep the anchor and are not distilled."""
+def relabelling_trainer(tmp_path, **recipe):
+    """A Trainer (real base, generator nudged off its zero init) on two label tasks and a generation task's
+    demonstrations, every labelled set relabelled, demonstrations anchored; `recipe`, more Recipe keys."""
     from hyperadapter.training.loop import Trainer
     from hyperadapter.training.recipe import Recipe
     records = list(demonstrations([classification("film"), classification("book"), generation("echo")]))
@@ -142,9 +141,17 @@ def test_swapped_demonstrations_are_distilled_from_the_base_that_reads_them_not_
         write_records(tmp_path / "data" / split / "demonstrations.jsonl", records)
     trainer = Trainer(Recipe(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), contexts_per_batch=2,
                              queries_per_context=1, eval_batches=1, kind_weights={"demonstrations": 1.0},
-                             remap_share=1.0, anchor_weight=0.5, anchor_kinds=["demonstrations"],
-                             distill_weight=1.0, distill_every=1, bf16=False))
+                             remap_share=1.0, anchor_weight=0.5, anchor_kinds=["demonstrations"], bf16=False,
+                             **recipe))
     perturb_generator(trainer.generator)
+    return trainer, records
+
+
+def test_swapped_demonstrations_are_distilled_from_the_base_that_reads_them_not_anchored(tmp_path):
+    """With distill_remapped, a query of swapped demonstrations (a ranked choice) takes its KL from the
+    base with those demonstrations in its prompt instead of the anchor's from the base alone; plain
+    demonstrations keep the anchor and are not distilled."""
+    trainer, _ = relabelling_trainer(tmp_path, distill_weight=1.0, distill_every=1)
     examples = trainer.sampler.sample(4, 1)
     swapped = [e for e in examples if e.context_key.endswith(REMAPPED)]
     assert len(swapped) == len(examples) and all(e.choices for e in swapped)
@@ -195,16 +202,7 @@ def test_symbol_tuning_renames_labels_to_unrelated_words_and_contrasts_the_other
 def test_symbol_queries_are_not_anchored_and_exclude_distilling_them(tmp_path):
     """The base alone knows nothing of the words a symbol set answers by: such queries get no anchor,
     while the same queries plainly labelled keep it."""
-    from hyperadapter.training.loop import Trainer
-    from hyperadapter.training.recipe import Recipe
-    records = list(demonstrations([classification("film"), classification("book"), generation("echo")]))
-    for split in ("train", "validation", "test"):
-        write_records(tmp_path / "data" / split / "demonstrations.jsonl", records)
-    trainer = Trainer(Recipe(out_dir=str(tmp_path / "run"), data_dir=str(tmp_path / "data"), contexts_per_batch=2,
-                             queries_per_context=1, eval_batches=1, kind_weights={"demonstrations": 1.0},
-                             remap_share=1.0, remap_symbols=True, anchor_weight=0.5,
-                             anchor_kinds=["demonstrations"], bf16=False))
-    perturb_generator(trainer.generator)
+    trainer, records = relabelling_trainer(tmp_path, remap_symbols=True)
     symbolic = trainer.sampler.sample(4, 1)
     assert all(e.context_key.endswith(SYMBOLIC) and set(e.choices) <= set(SYMBOLS) for e in symbolic)
     plain = trainer.sampler.examples_for(records[0], 4)
