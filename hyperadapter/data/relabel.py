@@ -30,7 +30,8 @@ import re
 from hyperadapter.data.schema import ContextRecord, Query
 
 MAX_LABELS = 10  # a larger fixed label set (a hundred numbers) is not a classification to relabel
-# Words that name no label of any task here (no Yes/No, True/False, sentiment, digits or letters)
+# Words that are no label of any task with a label set here (checked on the prepared splits; some free-choice
+# tasks answer with them, as odd_one_out does with "apple", but those are never relabelled)
 SYMBOLS = ("apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "candle", "mirror", "garden",
            "rocket", "violin", "pepper", "forest", "silver", "window", "coffee", "island", "dragon", "pencil",
            "marble", "planet", "turtle", "basket")

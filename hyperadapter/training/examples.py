@@ -15,10 +15,11 @@ reordered, or one solved example appended asks the same thing in other words. Ge
 demonstrations can come with their labels swapped (data.relabel), so that only the demonstrated
 labels tell the right answer; such a context is contrasted with the same demonstrations unswapped,
 and the other way round. With `remap_symbols` the labels become unrelated words instead (symbol
-tuning), contrasted with the same words assigned the other way round. A chat can be cut to one or a few of its messages, with or without the
-assistant's replies (`short_history_share`): new users bring that little. Locality queries (another
-task's query under this context's adapter) can come from a fixed pool whose generation queries carry
-the base's own reply as the answer (training.locality).
+tuning), contrasted with the same words assigned the other way round. A chat can be cut to one or a
+few of its messages, with or without the assistant's replies (`short_history_share`): new users
+bring that little. Locality queries (another task's query under this context's adapter) can come
+from a fixed pool whose generation queries carry the base's own reply as the answer
+(training.locality).
 """
 
 from __future__ import annotations
