@@ -37,6 +37,8 @@ DEMO_VARIANTS = 8
 REMAPPED = "@remap"  # ends the cache key of a demonstration set with its labels swapped
 SYMBOLIC = "@symbols"  # ends the key of a demonstration set with its labels renamed to unrelated words
 MOVED = "@moved"  # ends the key of such a set with the words assigned the other way round (its wrong context)
+# A demonstration set's wrong context in the contrastive term: the same set under this other labelling
+OTHER_LABELLING = {"": REMAPPED, REMAPPED: "", SYMBOLIC: SYMBOLIC + MOVED}
 MAX_CHOICES = 4  # the right choice and up to three wrong ones per multiple-choice training query
 WORD_DROP = 0.15  # share of a description's words a variant drops
 SHORT_VARIANTS = 4  # fixed short cuts per chat and length
@@ -160,7 +162,7 @@ class ExampleSampler:
                 continue
             own = e.context_key.split("#")[0]
             if e.kind == "demonstrations" and self.remap_share > 0 and own in self.labels:
-                out.append((i, self._moved(e) if e.context_key.endswith(SYMBOLIC) else self._relabelled(e)))
+                out.append((i, self._relabelled(e)))
                 continue
             # a wrong context from the same pool: a generated task against another generated one
             others = [r for r in self._pool(e.kind, own in self.synthetic_ids) if r.id != own]
@@ -218,29 +220,28 @@ class ExampleSampler:
         shift = derangement(tuple(sorted(mapping.values())), f"{record_id}:{variant}:moved")
         return {label: shift[word] for label, word in mapping.items()}
 
-    def _moved(self, example: Example) -> Example:
-        """`example`, a query of a symbol set, with the same set under the other assignment of its words
-        as the wrong context: same inputs, same words, only which input shows which word differs."""
-        own, variant = example.context_key.split("#")
-        number = int(variant.removesuffix(SYMBOLIC))
-        record = next(r for r in self.relabellable if r.id == own)
-        key, context, _ = self._demonstration_set(swap_labels(record, self._symbols(own, number, moved=True)), number)
-        return dataclasses.replace(example, context_key=key + SYMBOLIC + MOVED, context=context)
-
-    def _swapped(self, record: ContextRecord, variant: int) -> ContextRecord:
-        """`record` with every query's labels swapped by its `variant`-th set's permutation. Inputs stay
-        as they were, so its `variant`-th demonstration set holds the plain set's examples, swapped."""
-        return swap_labels(record, self._mapping(record.id, variant))
+    def _labelled(self, record: ContextRecord, variant: int, labelling: str) -> ContextRecord:
+        """`record` with every query's labels as its `variant`-th set shows them under `labelling` (a key
+        suffix: "" plain, REMAPPED swapped, SYMBOLIC words, SYMBOLIC + MOVED the words assigned the other
+        way round). Inputs stay as they were, so its `variant`-th demonstration set holds the plain set's
+        examples, relabelled."""
+        if not labelling:
+            return record
+        if labelling == REMAPPED:
+            return swap_labels(record, self._mapping(record.id, variant))
+        return swap_labels(record, self._symbols(record.id, variant, moved=labelling.endswith(MOVED)))
 
     def _relabelled(self, example: Example) -> Example:
         """`example` with the other labelling of its own demonstration set as the wrong context: the
-        swapped set for a plain one, the plain set for a swapped one. The inputs are the same; only
-        the demonstrated labels differ, so only reading them tells the two adapters apart."""
-        own, variant = example.context_key.split("#")
+        swapped set for a plain one and the other way round, the words assigned the other way round for
+        a symbol set. The inputs are the same; only the demonstrated answers differ, so only reading
+        them tells the two adapters apart."""
+        own, rest = example.context_key.split("#")
+        number = rest.split("@")[0]
+        labelling = OTHER_LABELLING[rest.removeprefix(number)]
         record = next(r for r in self.relabellable if r.id == own)
-        swap, number = not variant.endswith(REMAPPED), int(variant.removesuffix(REMAPPED))
-        key, context, _ = self._demonstration_set(self._swapped(record, number) if swap else record, number)
-        return dataclasses.replace(example, context_key=key + (REMAPPED if swap else ""), context=context)
+        key, context, _ = self._demonstration_set(self._labelled(record, int(number), labelling), int(number))
+        return dataclasses.replace(example, context_key=key + labelling, context=context)
 
     def _draw_context(self, record: ContextRecord) -> tuple[str, str]:
         """`record`'s context as training shows it: (its feature-cache key, its text). Demonstrations,
@@ -273,13 +274,11 @@ class ExampleSampler:
 
     def _demonstrations(self, record: ContextRecord, n: int, remap: bool = False) -> list[Example]:
         variant = self.rng.randrange(DEMO_VARIANTS)
-        symbols = remap and self.remap_symbols
-        if symbols:  # the queries answer by the same words as the demonstrations
-            record = swap_labels(record, self._symbols(record.id, variant))
-        elif remap:  # the queries answer by the same swapped labels as the demonstrations
-            record = self._swapped(record, variant)
+        labelling = (SYMBOLIC if self.remap_symbols else REMAPPED) if remap else ""
+        # the queries answer by the same labels (or words) as the demonstrations
+        record = self._labelled(record, variant, labelling)
         key, context, demos = self._demonstration_set(record, variant)
-        key += SYMBOLIC if symbols else REMAPPED if remap else ""
+        key += labelling
         pool = record.queries + record.support
         rest = [q for q in pool if q not in demos] or pool
         return [self._example("demonstrations", key, context, q) for q in (self.rng.choice(rest) for _ in range(n))]
