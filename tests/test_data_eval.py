@@ -341,7 +341,9 @@ def test_compare_gives_the_standard_error_over_groups_where_contexts_share_one(t
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(data))
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
-    assert "| document | 3 | 20.0 | 23.0 | +3.0 ± 0.6 (± 0.7 over 2 groups) |" in capsys.readouterr().out
+    # each article alike: its mean differences 2.5 and 4, so +3.25, and their spread sqrt(1.125) / sqrt(2)
+    assert r["balanced"] == pytest.approx(3.25) and r["se_balanced"] == pytest.approx(0.75)
+    assert "| document | 3 | 20.0 | 23.0 | +3.0 ± 0.6 (± 0.7 over 2 groups) | +3.2 ± 0.8 |" in capsys.readouterr().out
 
 
 def test_unrelated_kind_chooses_whose_adapters_go_on_other_contexts(base, tmp_path):
