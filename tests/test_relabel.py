@@ -199,20 +199,25 @@ def test_symbol_tuning_renames_labels_to_unrelated_words_and_contrasts_the_other
     assert plain and all(wrong[i].context_key.endswith(REMAPPED) for i in plain)
 
 
-def test_symbol_queries_are_not_anchored_and_exclude_distilling_them(tmp_path):
+def test_symbol_queries_are_not_anchored_and_distilled_only_when_asked(tmp_path):
     """The base alone knows nothing of the words a symbol set answers by: such queries get no anchor,
-    while the same queries plainly labelled keep it."""
-    trainer, records = relabelling_trainer(tmp_path, remap_symbols=True)
+    while the same queries plainly labelled keep it. With distill_remapped their teacher is the base
+    that reads the set."""
+    trainer, records = relabelling_trainer(tmp_path, remap_symbols=True, distill_weight=1.0, distill_every=1)
     symbolic = trainer.sampler.sample(4, 1)
     assert all(e.context_key.endswith(SYMBOLIC) and set(e.choices) <= set(SYMBOLS) for e in symbolic)
     plain = trainer.sampler.examples_for(records[0], 4)
     with torch.no_grad():
-        words = trainer.losses(symbolic, False)
-        labels = trainer.losses(plain, False)
-    assert float(words["anchor"]) == 0.0 and float(words["answer"]) > 0.0
-    assert float(labels["anchor"]) > 0.0
+        words = trainer.losses(symbolic, True)
+        labels = trainer.losses(plain, True)
+        trainer.recipe.distill_remapped = True
+        taught = trainer.losses(symbolic, True)
+    assert float(words["anchor"]) == 0.0 and float(words["distill"]) == 0.0 and float(words["answer"]) > 0.0
+    assert float(labels["anchor"]) > 0.0 and float(labels["distill"]) == 0.0
+    assert float(taught["distill"]) > 0.0 and float(taught["anchor"]) == 0.0
+    assert float(taught["answer"]) == pytest.approx(float(words["answer"]), rel=1e-5)
 
-    recipe = tmp_path / "r.toml"
+    recipe = tmp_path / "r.toml"  # the two keys together are a recipe now, not an error
     recipe.write_text("remap_share = 0.5\nremap_symbols = true\ndistill_remapped = true\n")
-    with pytest.raises(ValueError, match="remap_symbols"):
-        load_recipe(recipe)
+    loaded = load_recipe(recipe)
+    assert loaded.remap_symbols and loaded.distill_remapped

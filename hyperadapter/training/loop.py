@@ -173,9 +173,10 @@ class Trainer:
         return self.recipe.anchor_unrelated and example.objective == "unrelated"
 
     def _distilled_remapped(self, example: Example) -> bool:
-        """Whether `example` is a query of swapped demonstrations that Recipe.distill_remapped distils."""
+        """Whether `example` is a query of relabelled demonstrations (swapped, or words) that
+        Recipe.distill_remapped distils."""
         return (self.recipe.distill_remapped and example.kind == "demonstrations"
-                and example.context_key.endswith(REMAPPED))
+                and example.context_key.endswith((REMAPPED, SYMBOLIC)))
 
     @staticmethod
     def _symbolic(example: Example) -> bool:

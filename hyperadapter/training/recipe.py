@@ -67,8 +67,7 @@ class Recipe:
     # of swapping them. A swap leaves the task's own labels as a prior that fights the demonstrations (held
     # out, no stage followed a swap); unrelated words leave nothing but the demonstrated pairs. A symbol
     # set's wrong context is the same set with the words assigned the other way round; its queries are
-    # not anchored (the base alone knows no such words) and not distilled (the base that reads such a set
-    # is no teacher: validation symbols probe 39.1, against 43.1 without it).
+    # not anchored (the base alone knows no such words), and distilled with `distill_remapped`.
     remap_symbols: bool = False
     distill_weight: float = 0.0
     distill_every: int = 4
@@ -78,11 +77,14 @@ class Recipe:
     # a chat history or a task description in its prompt it scores below the adapter (7.3 recall
     # against 21.4) or below zero-shot, so distilling those would teach the student to be worse.
     distill_kinds: list[str] = field(default_factory=lambda: ["document"])
-    # Distil the demonstrations shown with swapped labels (remap_share), their ranked choices included,
-    # from the base that reads them, in place of the anchor. The base with swapped demonstrations in its
-    # prompt follows the swap (held-out probe: 55.9 against 45.8 zero-shot), while the anchor's teacher,
-    # the base alone, answers by the task's own labels: anchoring those queries pulls the adapter away
-    # from the very labels its demonstrations show.
+    # Distil the demonstrations shown with swapped labels or words (remap_share), their ranked choices
+    # included, from the base that reads them, in place of the anchor. The base with swapped demonstrations
+    # in its prompt follows the swap (held-out probe: 55.9 against 45.8 zero-shot), while the anchor's
+    # teacher, the base alone, answers by the task's own labels: anchoring those queries pulls the adapter
+    # away from the very labels its demonstrations show. Whether the base reading words is a teacher
+    # depends on whether it knows the inputs' classes: on the real label tasks it is not (validation
+    # symbols probe 39.1, against 43.1 without the demonstrations), on plain categories it is
+    # (diagnostics/category_symbols.py: 86.0 against 53.5).
     distill_remapped: bool = False
     # Anchor: KL(base || adapted) at the answer tokens of queries of these kinds (for multiple choice,
     # the right choice's tokens), weighted by `anchor_weight` (0: off). The ranking loss on a Yes/No
@@ -147,9 +149,6 @@ def load_recipe(path: str | Path, **overrides) -> Recipe:
         raise ValueError(f"recipe {path}: short_history_lines must list message counts of at least 1")
     if not 0.0 <= recipe.remap_share <= 1.0:
         raise ValueError(f"recipe {path}: remap_share is a share, between 0 and 1")
-    if recipe.remap_symbols and recipe.distill_remapped:
-        raise ValueError(f"recipe {path}: remap_symbols and distill_remapped exclude each other: the base "
-                         "that reads demonstrations of unrelated words is no teacher for them")
     if not 0.0 <= recipe.short_history_replies <= 1.0:
         raise ValueError(f"recipe {path}: short_history_replies is a share, between 0 and 1")
     return recipe
