@@ -23,7 +23,8 @@ from hyperadapter.data.relabel import SYMBOLS  # noqa: E402
 from hyperadapter.data.schema import ContextRecord, Query, write_records  # noqa: E402
 
 CATEGORIES = {
-    "fruit": "banana grape cherry mango peach pear plum strawberry pineapple watermelon apricot kiwi blueberry coconut raspberry",
+    "fruit": "banana grape cherry mango peach pear plum strawberry pineapple watermelon apricot kiwi blueberry "
+             "coconut raspberry",
     "animal": "dog cat horse cow lion elephant rabbit monkey sheep wolf bear zebra giraffe fox mouse",
     "color": "red blue green yellow purple black white brown pink gray scarlet crimson indigo beige turquoise",
     "country": "France Germany Japan Brazil Canada Italy Spain Mexico India China Egypt Kenya Norway Peru Australia",
@@ -31,9 +32,11 @@ CATEGORIES = {
     "body part": "hand foot nose ear eye knee elbow finger shoulder neck mouth toe leg arm chin",
     "clothing": "shirt jacket hat sock shoe scarf glove dress skirt coat sweater boot belt tie jeans",
     "number": "one two three four five six seven eight nine ten eleven twelve twenty fifty hundred",
-    "furniture": "chair table sofa bed desk shelf cabinet stool bench wardrobe dresser couch armchair drawer cupboard",
+    "furniture": "chair table sofa bed desk shelf cabinet stool bench wardrobe dresser couch armchair drawer "
+                 "cupboard",
     "job": "doctor teacher farmer lawyer nurse pilot chef baker dentist plumber engineer painter soldier judge waiter",
-    "sport": "soccer tennis golf hockey rugby baseball basketball volleyball cricket boxing cycling swimming skiing surfing wrestling",
+    "sport": "soccer tennis golf hockey rugby baseball basketball volleyball cricket boxing cycling swimming skiing "
+             "surfing wrestling",
     "city": "Paris London Tokyo Berlin Madrid Rome Cairo Moscow Sydney Chicago Toronto Dublin Vienna Lisbon Athens",
 }
 TRAIN_CATEGORIES = 9
@@ -44,8 +47,8 @@ def task(a: str, b: str) -> ContextRecord:
     queries = [Query(input=word, answers=[cat], choices=labels, label=labels.index(cat))
                for cat in (a, b) for word in CATEGORIES[cat].split()]
     return ContextRecord(id=f"demos/categories/{a}-{b}".replace(" ", "_"), kind="demonstrations",
-                         group=f"categories:{a}-{b}", source="synthetic", context=format_demonstrations(queries[:DEMOS]),
-                         metric="choice", queries=queries)
+                         group=f"categories:{a}-{b}", source="synthetic",
+                         context=format_demonstrations(queries[:DEMOS]), metric="choice", queries=queries)
 
 
 def main(out: Path) -> None:

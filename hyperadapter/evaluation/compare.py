@@ -62,9 +62,9 @@ def balanced(diffs: list[float], groups: list[str]) -> tuple[float, float]:
 
 def paired(a: dict, b: dict, system_a: str, system_b: str, kinds: tuple[str, ...],
            groups: dict[str, str] | None = None) -> dict[str, dict]:
-    """{kind: {"contexts", "a", "b", "diff", "se"[, "groups", "se_groups", "balanced", "se_balanced"]}}: b minus a over the
-    contexts both scored; the group entries when every shared context's group is known (from
-    `groups`, or recorded in either run)."""
+    """{kind: {"contexts", "a", "b", "diff", "se"[, "groups", "se_groups", "balanced", "se_balanced"]}}:
+    b minus a over the contexts both scored; the group entries when every shared context's group is
+    known (from `groups`, or recorded in either run)."""
     groups = {**(groups or {}), **recorded_groups(a), **recorded_groups(b)}
     system_a, system_b = result_name(a, system_a), result_name(b, system_b)
     out = {}
@@ -89,8 +89,9 @@ def paired(a: dict, b: dict, system_a: str, system_b: str, kinds: tuple[str, ...
 
 def markdown(rows: dict[str, dict], label_a: str, label_b: str) -> str:
     grouped = any("balanced" in r for r in rows.values())
-    head = f"| kind | contexts | {label_a} | {label_b} | difference ± SE |" + (" each group alike ± SE |" if grouped else "")
-    lines = [head, "|---|---|---|---|---|" + ("---|" if grouped else "")]
+    head = f"| kind | contexts | {label_a} | {label_b} | difference ± SE |"
+    rule = "|---|---|---|---|---|"
+    lines = [head + (" each group alike ± SE |" if grouped else ""), rule + ("---|" if grouped else "")]
     for kind, r in rows.items():
         cell = f"{r['diff']:+.1f} ± {r['se']:.1f}"
         if "se_groups" in r:
