@@ -6,12 +6,14 @@ near chance for the 135M base: if the model cannot tell an input's class, no rea
 Here the classes are common words' categories, so a failure to fit is the hypernetwork's (its reader), not the base's.
 Twelve categories of 15 words; a task is a pair of them (labels: the category names, which training renames to
 symbol words). Train: the 36 pairs of the first nine; validation: the 30 pairs with one of the last three.
-  python diagnostics/category_symbols.py runs/diagnostic-categories/data
-then `hyperadapter train --config configs/diagnostic_category_symbols.toml`.
+  python diagnostics/category_symbols.py runs/diagnostic-categories/data [--train-tasks N]
+then `hyperadapter train --config configs/diagnostic_category_symbols.toml`. `--train-tasks N` keeps the first N
+training pairs only (a fit check: can the generator learn even a few sets?).
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import sys
 from pathlib import Path
@@ -51,11 +53,11 @@ def task(a: str, b: str) -> ContextRecord:
                          context=format_demonstrations(queries[:DEMOS]), metric="choice", queries=queries)
 
 
-def main(out: Path) -> None:
+def main(out: Path, train_tasks: int | None = None) -> None:
     words = {w.lower() for ws in CATEGORIES.values() for w in ws.split()} | set(CATEGORIES)
     assert not words & set(SYMBOLS), words & set(SYMBOLS)  # no input or label is a symbol word
     names = list(CATEGORIES)
-    train = [task(a, b) for a, b in itertools.combinations(names[:TRAIN_CATEGORIES], 2)]
+    train = [task(a, b) for a, b in itertools.combinations(names[:TRAIN_CATEGORIES], 2)][:train_tasks]
     held = [task(a, b) for a, b in itertools.combinations(names, 2) if b in names[TRAIN_CATEGORIES:]]
     for split, records in (("train", train), ("validation", held), ("test", held)):
         (out / split).mkdir(parents=True, exist_ok=True)
@@ -63,4 +65,8 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--train-tasks", type=int, default=None)
+    args = parser.parse_args()
+    main(args.out, args.train_tasks)
