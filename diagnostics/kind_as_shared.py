@@ -9,26 +9,25 @@ are dropped; the config keeps everything else (a training recipe's [generator] t
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hyperadapter.generator.model import split_own_weights  # noqa: E402
+from hyperadapter.generator.config import GeneratorConfig  # noqa: E402
+from hyperadapter.generator.model import (CONFIG, WEIGHTS, checkpoint_name, split_own_weights,  # noqa: E402
+                                          write_checkpoint)
 
 
 def main(source: Path, kind: str, out: Path) -> None:
-    config = json.loads((source / "generator_config.json").read_text())
-    if kind not in config.get("own_weights", []):
-        raise SystemExit(f"{source} holds no own weights for {kind!r} (own: {config.get('own_weights', [])})")
-    _, per_kind = split_own_weights(load_file(source / "generator.safetensors"), config["own_weights"])
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in per_kind[kind].items()}, out / "generator.safetensors")
-    config["own_weights"] = []
-    (out / "generator_config.json").write_text(json.dumps(config, indent=2))
+    config = GeneratorConfig.load(source / CONFIG)
+    if kind not in config.own_weights:
+        raise SystemExit(f"{source} holds no own weights for {kind!r} (own: {config.own_weights})")
+    _, per_kind = split_own_weights(load_file(source / WEIGHTS), config.own_weights)
+    config.own_weights = []
+    write_checkpoint(out, per_kind[kind], config, {"shared_from": {kind: checkpoint_name(source)}})
     print(f"wrote {out}: {kind}'s weights as the shared ones")
 
 
