@@ -45,12 +45,19 @@ TRAIN_CATEGORIES = 9
 
 
 def task(a: str, b: str) -> ContextRecord:
+    """Words of the two categories taken in turn (a, b, a, b, ...). The context shows the first DEMOS of them,
+    half of each category, and the queries are the rest: a set and its twin (the same words, assigned the
+    other way round) then ask for opposite answers to every query, and only a reader that binds each shown
+    input to its output tells them apart. (Before 2026-12-05 the context showed four words of one category
+    and 15 of the first 16 queries were of that category too: an adapter that raised the shown word scored
+    94 without reading which input went with it.) Training draws its demonstrations from the queries."""
     labels = sorted((a, b))
-    queries = [Query(input=word, answers=[cat], choices=labels, label=labels.index(cat))
-               for cat in (a, b) for word in CATEGORIES[cat].split()]
+    by_category = [[Query(input=word, answers=[cat], choices=labels, label=labels.index(cat))
+                    for word in CATEGORIES[cat].split()] for cat in (a, b)]
+    queries = [q for pair in zip(*by_category) for q in pair]
     return ContextRecord(id=f"demos/categories/{a}-{b}".replace(" ", "_"), kind="demonstrations",
                          group=f"categories:{a}-{b}", source="synthetic",
-                         context=format_demonstrations(queries[:DEMOS]), metric="choice", queries=queries)
+                         context=format_demonstrations(queries[:DEMOS]), metric="choice", queries=queries[DEMOS:])
 
 
 def main(out: Path, train_tasks: int | None = None) -> None:

@@ -83,8 +83,10 @@ class Recipe:
     # teacher, the base alone, answers by the task's own labels: anchoring those queries pulls the adapter
     # away from the very labels its demonstrations show. Whether the base reading words is a teacher
     # depends on whether it knows the inputs' classes: on the real label tasks it is not (validation
-    # symbols probe 39.1, against 43.1 without the demonstrations), on plain categories it is
-    # (diagnostics/category_symbols.py: 86.0 against 53.5).
+    # symbols probe 39.1, against 43.1 without the demonstrations). Nor, it turned out, on plain
+    # categories: the 86.0 against 53.5 once read here (diagnostics/category_symbols.py) came from sets
+    # showing one category whose queries were nearly all of it; shown both categories and asked both,
+    # the base reading the set scores 50.2 against 47.5 (configs/eval_diagnostic_category_pairs.toml).
     distill_remapped: bool = False
     # Anchor: KL(base || adapted) at the answer tokens of queries of these kinds (for multiple choice,
     # the right choice's tokens), weighted by `anchor_weight` (0: off). The ranking loss on a Yes/No
