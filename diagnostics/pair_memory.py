@@ -1,0 +1,160 @@
+"""Demonstrations read pair by pair: a LoRA written straight from each shown input's state and its output's word.
+
+Why: diagnostics 1-5 (configs/diagnostic_category_symbols*.toml) found that the trained generator, which pools
+a context's token features, does not tell a demonstration set from its twin (the same inputs and outputs,
+assigned the other way round). This builds, with no training, the adapter a reader that keeps pairs apart
+could write, to see whether a LoRA of this shape can carry a demonstrated mapping at all:
+  - key of a pair: the base's down_proj input at the answer position of its input, prompted as a query is
+    (data.prompts.query_prompt), in each layer of `--layers`; less the mean over a few fixed everyday prompts,
+    less the set's mean (with two or more outputs), and orthogonal to the everyday mean (so that no slot
+    fires on every position alike);
+  - value: the input embedding of its output's first token (the LM head is tied to it), less the outputs' mean;
+  - one rank slot per distinct output: A = its pairs' keys summed, over the keys' mean square norm;
+    B = its unit value x gain / number of layers. More than eight outputs: the best rank-8 approximation.
+Sets whose outputs all differ (free text, nothing repeats) get no adapter: there is no label set to recall.
+  python diagnostics/pair_memory.py --config configs/eval_diagnostic_category_symbols.toml \\
+      --out results/diagnostic-category-symbols-pair-memory [--layers 18:28] [--gain 200] [--generator DIR]
+It writes results as `hyperadapter eval` does (for `hyperadapter compare`): "pair memory", with a wrong task's
+set, and with the twin set (two-output sets only: its outputs swapped; a reader that binds answers every query
+the other way). `--generator DIR`: the pair memory's slots added to that generator's adapters instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hyperadapter.adapter import Adapter  # noqa: E402
+from hyperadapter.base import Base, load_base  # noqa: E402
+from hyperadapter.config import Settings  # noqa: E402
+from hyperadapter.data.prompts import query_prompt  # noqa: E402
+from hyperadapter.evaluation import report  # noqa: E402
+from hyperadapter.evaluation.harness import Harness, load_eval_config  # noqa: E402
+from hyperadapter.evaluation.systems import AdapterSystem  # noqa: E402
+from hyperadapter.packed import cpu_autocast  # noqa: E402
+from hyperadapter.runtime import LoraRuntime  # noqa: E402
+
+PAIR = re.compile(r"Input: (.*?)\nOutput: (.*?)(?=\n\nInput: |\Z)", re.S)
+MAX_RANK = 8
+EVERYDAY = ["The weather is nice today.", "What is the capital of France?", "Tell me a story about a dog.",
+            "How do I cook rice?", "2 + 2 = ?", "Translate 'hello' into Spanish.", "Is this review positive? Great film.",
+            "Summarise: the meeting moved to Tuesday.", "Who wrote Hamlet?", "apple", "The stock market fell by 3%.",
+            "Why is the sky blue?", "I love this product!", "Name a colour.", "Is 7 a prime number?", "car"]
+
+
+def pairs(context: str) -> list[tuple[str, str]]:
+    return [(i.strip(), o.strip()) for i, o in PAIR.findall(context)]
+
+
+def twin(context: str) -> str:
+    """The same set with its two outputs swapped (unchanged unless it has exactly two)."""
+    outputs = sorted({o for _, o in pairs(context)})
+    if len(outputs) != 2:
+        return context
+    swap = dict(zip(outputs, reversed(outputs)))
+    return re.sub(r"^(Output: )(.*)$", lambda m: m.group(1) + swap.get(m.group(2).strip(), m.group(2)), context,
+                  flags=re.MULTILINE)
+
+
+class PairMemory:
+    def __init__(self, base: Base, layers: list[int], gain: float):
+        self.base, self.layers, self.gain = base, layers, gain
+        self.everyday = {layer: k.mean(0) for layer, k in self.keys(EVERYDAY).items()}
+
+    @torch.no_grad()
+    def keys(self, inputs: list[str]) -> dict[int, torch.Tensor]:
+        """Per layer, [len(inputs), intermediate]: down_proj's input at the last prompt position."""
+        got: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
+        blocks = self.base.model.model.layers
+        hooks = [blocks[layer].mlp.down_proj.register_forward_pre_hook(
+            lambda module, args, layer=layer: got[layer].append(args[0][0, -1].float().clone()))
+            for layer in self.layers]
+        try:
+            for text in inputs:  # one at a time: no padding to keep off the last position
+                ids = self.base.tokenizer(query_prompt(self.base, text), return_tensors="pt",
+                                          add_special_tokens=False)["input_ids"]
+                with cpu_autocast():
+                    self.base.model.model(input_ids=ids, use_cache=False)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return {layer: torch.stack(k) for layer, k in got.items()}
+
+    def __call__(self, kind: str, context: str) -> Adapter | None:
+        shown = pairs(context)
+        tok = self.base.tokenizer
+        firsts = [(tok(o, add_special_tokens=False)["input_ids"] or [tok.eos_token_id])[0] for _, o in shown]
+        if len(set(firsts)) == len(firsts):
+            return None
+        outputs = sorted(set(firsts))
+        values = self.base.model.get_input_embeddings().weight[torch.tensor(outputs)].float()
+        if len(outputs) > 1:
+            values = values - values.mean(0)
+        values = values / values.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        weights = {}
+        for layer, k in self.keys([i for i, _ in shown]).items():
+            k = k - self.everyday[layer]
+            if len(outputs) > 1:
+                k = k - k.mean(0)
+            common = self.everyday[layer] / self.everyday[layer].norm()
+            k = k - (k @ common)[:, None] * common
+            a = torch.stack([k[[i for i, f in enumerate(firsts) if f == out]].sum(0) for out in outputs])
+            a = a / (k.norm(dim=1) ** 2).mean().clamp_min(1e-6)
+            b = values.T * (self.gain / len(self.layers))
+            if len(outputs) > MAX_RANK:
+                u, s, vh = torch.linalg.svd(b @ a, full_matrices=False)
+                b, a = u[:, :MAX_RANK] * s[:MAX_RANK], vh[:MAX_RANK]
+            weights[f"model.layers.{layer}.mlp.down_proj"] = (a.contiguous(), b.contiguous())
+        rank = max(a.shape[0] for a, _ in weights.values())
+        return Adapter(weights, alpha=float(rank), base_model=self.base.model_id)  # scaling 1
+
+
+def added_to(generator, memory: PairMemory):
+    """The generator's adapter with the memory's slots appended to its down_proj factors."""
+    def make(kind: str, context: str) -> Adapter:
+        adapter = generator.generate_adapter(context, kind)
+        weights = {m: (a.float(), b.float() * adapter.scaling) for m, (a, b) in adapter.weights.items()}
+        extra = memory(kind, context)
+        for m, (a, b) in (extra.weights.items() if extra else ()):
+            a0, b0 = weights[m]
+            weights[m] = (torch.cat([a0, a]), torch.cat([b0, b], 1))
+        rank = max(a.shape[0] for a, _ in weights.values())
+        return Adapter(weights, alpha=float(rank), base_model=adapter.base_model)
+    return make
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="an eval config with kinds = [\"demonstrations\"]")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--layers", default="18:28", help="first:last+1 of the layers whose down_proj is written")
+    parser.add_argument("--gain", type=float, default=200.0)
+    parser.add_argument("--generator", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    first, stop = (int(x) for x in args.layers.split(":"))
+    config = load_eval_config(args.config)
+    settings = Settings()
+    base = load_base(settings.base_model, settings.models_dir)
+    runtime = LoraRuntime(base)
+    memory = PairMemory(base, list(range(first, stop)), args.gain)
+    make, name = memory, "pair memory"
+    if args.generator:
+        from hyperadapter.embedding import SentenceEncoder
+        from hyperadapter.generator import Generator
+        generator = Generator.from_pretrained(args.generator, base, SentenceEncoder(), int8=True)
+        make, name = added_to(generator, memory), "generated + pair memory"
+    systems = [AdapterSystem(base, make, name=name), AdapterSystem(base, make, name=name, wrong=True),
+               AdapterSystem(base, lambda kind, context: make(kind, twin(context)), name=f"{name} (twin set)")]
+    data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
+    Harness(base, runtime, config, data_dir).run(systems, on_score=lambda partial: report.write(partial, args.out))
+
+
+if __name__ == "__main__":
+    main()
