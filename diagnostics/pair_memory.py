@@ -43,7 +43,8 @@ from hyperadapter.runtime import LoraRuntime  # noqa: E402
 PAIR = re.compile(r"Input: (.*?)\nOutput: (.*?)(?=\n\nInput: |\Z)", re.S)
 MAX_RANK = 8
 EVERYDAY = ["The weather is nice today.", "What is the capital of France?", "Tell me a story about a dog.",
-            "How do I cook rice?", "2 + 2 = ?", "Translate 'hello' into Spanish.", "Is this review positive? Great film.",
+            "How do I cook rice?", "2 + 2 = ?", "Translate 'hello' into Spanish.",
+            "Is this review positive? Great film.",
             "Summarise: the meeting moved to Tuesday.", "Who wrote Hamlet?", "apple", "The stock market fell by 3%.",
             "Why is the sky blue?", "I love this product!", "Name a colour.", "Is 7 a prime number?", "car"]
 

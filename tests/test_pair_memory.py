@@ -13,7 +13,8 @@ _spec = importlib.util.spec_from_file_location(
 pair_memory = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pair_memory)
 
-SET = "Input: banana\nOutput: zorp\n\nInput: dog\nOutput: blick\n\nInput: grape\nOutput: zorp\n\nInput: cat\nOutput: blick"
+SET = ("Input: banana\nOutput: zorp\n\nInput: dog\nOutput: blick\n\n"
+       "Input: grape\nOutput: zorp\n\nInput: cat\nOutput: blick")
 
 
 def test_pairs_and_twin():
