@@ -17,6 +17,8 @@ Sets whose outputs all differ (free text, nothing repeats) get no adapter: there
 It writes results as `hyperadapter eval` does (for `hyperadapter compare`): "pair memory", with a wrong task's
 set, and with the twin set (two-output sets only: its outputs swapped; a reader that binds answers every query
 the other way). `--generator DIR`: the pair memory's slots added to that generator's adapters instead.
+`--keys-in-context`: each key read where the set is read whole, in one pass (at the end of the pair's "Output:"),
+as a trained reader would see it, instead of from its input asked again as a query.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hyperadapter.adapter import Adapter  # noqa: E402
 from hyperadapter.base import Base, load_base  # noqa: E402
 from hyperadapter.config import Settings  # noqa: E402
+from hyperadapter.data.builders import format_demonstrations  # noqa: E402
 from hyperadapter.data.prompts import query_prompt  # noqa: E402
+from hyperadapter.data.schema import Query  # noqa: E402
 from hyperadapter.evaluation import report  # noqa: E402
 from hyperadapter.evaluation.harness import Harness, load_eval_config  # noqa: E402
 from hyperadapter.evaluation.systems import AdapterSystem  # noqa: E402
@@ -64,28 +68,46 @@ def twin(context: str) -> str:
 
 
 class PairMemory:
-    def __init__(self, base: Base, layers: list[int], gain: float):
-        self.base, self.layers, self.gain = base, layers, gain
-        self.everyday = {layer: k.mean(0) for layer, k in self.keys(EVERYDAY).items()}
+    """`in_context`: each pair's key read where the set itself is read whole (at the end of its "Output:"),
+    one pass over the context as the generator reads it, instead of from its input re-prompted as a query."""
+
+    def __init__(self, base: Base, layers: list[int], gain: float, in_context: bool = False):
+        self.base, self.layers, self.gain, self.in_context = base, layers, gain, in_context
+        everyday = (self.context_keys(format_demonstrations([Query(e, ["x"]) for e in EVERYDAY])) if in_context
+                    else self.query_keys(EVERYDAY))
+        self.everyday = {layer: k.mean(0) for layer, k in everyday.items()}
 
     @torch.no_grad()
-    def keys(self, inputs: list[str]) -> dict[int, torch.Tensor]:
-        """Per layer, [len(inputs), intermediate]: down_proj's input at the last prompt position."""
+    def _states(self, texts: list[str], positions) -> dict[int, torch.Tensor]:
+        """Per layer, down_proj's inputs at `positions(ids)` of each text, stacked."""
         got: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
         blocks = self.base.model.model.layers
+        at: list = []
+        def read(module, args, layer: int) -> None:
+            got[layer].append(args[0][0, at[0]].float().reshape(-1, args[0].shape[-1]))
         hooks = [blocks[layer].mlp.down_proj.register_forward_pre_hook(
-            lambda module, args, layer=layer: got[layer].append(args[0][0, -1].float().clone()))
-            for layer in self.layers]
+            lambda module, args, layer=layer: read(module, args, layer)) for layer in self.layers]
         try:
-            for text in inputs:  # one at a time: no padding to keep off the last position
-                ids = self.base.tokenizer(query_prompt(self.base, text), return_tensors="pt",
-                                          add_special_tokens=False)["input_ids"]
+            for text in texts:  # one at a time: no padding to keep off the positions read
+                enc = self.base.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+                at[:] = [positions(text, enc)]
                 with cpu_autocast():
-                    self.base.model.model(input_ids=ids, use_cache=False)
+                    self.base.model.model(input_ids=torch.tensor([enc["input_ids"]]), use_cache=False)
         finally:
             for hook in hooks:
                 hook.remove()
-        return {layer: torch.stack(k) for layer, k in got.items()}
+        return {layer: torch.cat(k) for layer, k in got.items()}
+
+    def query_keys(self, inputs: list[str]) -> dict[int, torch.Tensor]:
+        """[len(inputs), intermediate] per layer: each input prompted as a query, at its last position."""
+        return self._states([query_prompt(self.base, text) for text in inputs], lambda text, enc: -1)
+
+    def context_keys(self, context: str) -> dict[int, torch.Tensor]:
+        """[pairs, intermediate] per layer: the context read whole, at the last token of each "\nOutput:"."""
+        def positions(text: str, enc) -> list[int]:
+            ends = [m.end() for m in re.finditer(r"\nOutput:", text)]
+            return [max(i for i, (_, stop) in enumerate(enc["offset_mapping"]) if stop <= end) for end in ends]
+        return self._states([context], positions)
 
     def __call__(self, kind: str, context: str) -> Adapter | None:
         shown = pairs(context)
@@ -99,7 +121,8 @@ class PairMemory:
             values = values - values.mean(0)
         values = values / values.norm(dim=1, keepdim=True).clamp_min(1e-6)
         weights = {}
-        for layer, k in self.keys([i for i, _ in shown]).items():
+        keys = self.context_keys(context) if self.in_context else self.query_keys([i for i, _ in shown])
+        for layer, k in keys.items():
             k = k - self.everyday[layer]
             if len(outputs) > 1:
                 k = k - k.mean(0)
@@ -137,6 +160,8 @@ def main() -> None:
     parser.add_argument("--layers", default="18:28", help="first:last+1 of the layers whose down_proj is written")
     parser.add_argument("--gain", type=float, default=200.0)
     parser.add_argument("--generator", default=None)
+    parser.add_argument("--keys-in-context", action="store_true",
+                        help="read each pair's key inside the set read whole, not from its input asked as a query")
     args = parser.parse_args()
     torch.set_num_threads(2)
     first, stop = (int(x) for x in args.layers.split(":"))
@@ -144,8 +169,8 @@ def main() -> None:
     settings = Settings()
     base = load_base(settings.base_model, settings.models_dir)
     runtime = LoraRuntime(base)
-    memory = PairMemory(base, list(range(first, stop)), args.gain)
-    make, name = memory, "pair memory"
+    memory = PairMemory(base, list(range(first, stop)), args.gain, in_context=args.keys_in_context)
+    make, name = memory, "pair memory" + (", keys in context" if args.keys_in_context else "")
     if args.generator:
         from hyperadapter.embedding import SentenceEncoder
         from hyperadapter.generator import Generator
