@@ -12,8 +12,8 @@ could write, to see whether a LoRA of this shape can carry a demonstrated mappin
   - one rank slot per distinct output: A = its pairs' keys summed, over the keys' mean square norm;
     B = its unit value x gain / number of layers. More than eight outputs: the best rank-8 approximation.
 Sets whose outputs all differ (free text, nothing repeats) get no adapter: there is no label set to recall.
-  python diagnostics/pair_memory.py --config configs/eval_diagnostic_category_symbols.toml \\
-      --out results/diagnostic-category-symbols-pair-memory [--layers 18:28] [--gain 200] [--generator DIR]
+  python diagnostics/pair_memory.py --config configs/eval_diagnostic_category_pairs.toml \\
+      --out results/diagnostic-category-pairs-pair-memory [--layers 18:28] [--gain 200] [--generator DIR]
 It writes results as `hyperadapter eval` does (for `hyperadapter compare`): "pair memory", with a wrong task's
 set, and with the twin set (two-output sets only: its outputs swapped; a reader that binds answers every query
 the other way). `--generator DIR`: the pair memory's slots added to that generator's adapters instead.
@@ -79,10 +79,11 @@ class PairMemory:
 
     @torch.no_grad()
     def _states(self, texts: list[str], positions) -> dict[int, torch.Tensor]:
-        """Per layer, down_proj's inputs at `positions(ids)` of each text, stacked."""
+        """Per layer, down_proj's inputs at `positions(text, encoding)` (an index or a list) of each text, stacked."""
         got: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
         blocks = self.base.model.model.layers
-        at: list = []
+        at: list = []  # the positions of the text being read
+
         def read(module, args, layer: int) -> None:
             got[layer].append(args[0][0, at[0]].float().reshape(-1, args[0].shape[-1]))
         hooks = [blocks[layer].mlp.down_proj.register_forward_pre_hook(
