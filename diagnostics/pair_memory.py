@@ -10,13 +10,14 @@ could write, to see whether a LoRA of this shape can carry a demonstrated mappin
     fires on every position alike);
   - value: the input embedding of its output's first token (the LM head is tied to it), less the outputs' mean;
   - one rank slot per distinct output: A = its pairs' keys summed, over the keys' mean square norm;
-    B = its unit value x gain / number of layers. More than eight outputs: the best rank-8 approximation.
+    B = its unit value x gain / number of layers. More than eight outputs: the best rank-8 approximation
+    (Adapter.compressed).
 Sets whose outputs all differ (free text, nothing repeats) get no adapter: there is no label set to recall.
   python diagnostics/pair_memory.py --config configs/eval_diagnostic_category_pairs.toml \\
       --out results/diagnostic-category-pairs-pair-memory [--layers 18:28] [--gain 200] [--generator DIR]
 It writes results as `hyperadapter eval` does (for `hyperadapter compare`): "pair memory", with a wrong task's
 set, and with the twin set (two-output sets only: its outputs swapped; a reader that binds answers every query
-the other way). `--generator DIR`: the pair memory's slots added to that generator's adapters instead.
+the other way). `--generator DIR`: the pair memory's slots added to that generator's adapters (Adapter.combine).
 `--keys-in-context`: each key read where the set is read whole, in one pass (at the end of the pair's "Output:"),
 as a trained reader would see it, instead of from its input asked again as a query.
 """
@@ -37,6 +38,7 @@ from hyperadapter.base import Base, load_base  # noqa: E402
 from hyperadapter.config import Settings  # noqa: E402
 from hyperadapter.data.builders import format_demonstrations  # noqa: E402
 from hyperadapter.data.prompts import query_prompt  # noqa: E402
+from hyperadapter.data.relabel import remap_outputs  # noqa: E402
 from hyperadapter.data.schema import Query  # noqa: E402
 from hyperadapter.evaluation import report  # noqa: E402
 from hyperadapter.evaluation.harness import Harness, load_eval_config  # noqa: E402
@@ -62,9 +64,7 @@ def twin(context: str) -> str:
     outputs = sorted({o for _, o in pairs(context)})
     if len(outputs) != 2:
         return context
-    swap = dict(zip(outputs, reversed(outputs)))
-    return re.sub(r"^(Output: )(.*)$", lambda m: m.group(1) + swap.get(m.group(2).strip(), m.group(2)), context,
-                  flags=re.MULTILINE)
+    return remap_outputs(context, dict(zip(outputs, reversed(outputs))))
 
 
 class PairMemory:
@@ -131,26 +131,16 @@ class PairMemory:
             k = k - (k @ common)[:, None] * common
             a = torch.stack([k[[i for i, f in enumerate(firsts) if f == out]].sum(0) for out in outputs])
             a = a / (k.norm(dim=1) ** 2).mean().clamp_min(1e-6)
-            b = values.T * (self.gain / len(self.layers))
-            if len(outputs) > MAX_RANK:
-                u, s, vh = torch.linalg.svd(b @ a, full_matrices=False)
-                b, a = u[:, :MAX_RANK] * s[:MAX_RANK], vh[:MAX_RANK]
-            weights[f"model.layers.{layer}.mlp.down_proj"] = (a.contiguous(), b.contiguous())
-        rank = max(a.shape[0] for a, _ in weights.values())
-        return Adapter(weights, alpha=float(rank), base_model=self.base.model_id)  # scaling 1
+            weights[f"model.layers.{layer}.mlp.down_proj"] = (a, values.T * (self.gain / len(self.layers)))
+        adapter = Adapter(weights, alpha=float(len(outputs)), base_model=self.base.model_id)  # scaling 1
+        return adapter.compressed(MAX_RANK) if len(outputs) > MAX_RANK else adapter
 
 
 def added_to(generator, memory: PairMemory):
     """The generator's adapter with the memory's slots appended to its down_proj factors."""
     def make(kind: str, context: str) -> Adapter:
-        adapter = generator.generate_adapter(context, kind)
-        weights = {m: (a.float(), b.float() * adapter.scaling) for m, (a, b) in adapter.weights.items()}
-        extra = memory(kind, context)
-        for m, (a, b) in (extra.weights.items() if extra else ()):
-            a0, b0 = weights[m]
-            weights[m] = (torch.cat([a0, a]), torch.cat([b0, b], 1))
-        rank = max(a.shape[0] for a, _ in weights.values())
-        return Adapter(weights, alpha=float(rank), base_model=adapter.base_model)
+        adapter, extra = generator.generate_adapter(context, kind), memory(kind, context)
+        return adapter if extra is None else Adapter.combine([(adapter, 1.0), (extra, 1.0)])
     return make
 
 

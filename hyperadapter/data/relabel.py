@@ -80,12 +80,14 @@ def relabelled(record: ContextRecord, symbols: bool = False) -> ContextRecord | 
     if labels is None:
         return None
     mapping = symbol_mapping(labels, f"{record.id}:symbols") if symbols else derangement(labels, f"{record.id}:relabel")
+    return dataclasses.replace(swap_labels(record, mapping), context=remap_outputs(record.context, mapping))
 
+
+def remap_outputs(context: str, mapping: dict[str, str]) -> str:
+    """A demonstrations context with each "Output:" line's label renamed by `mapping` (others kept)."""
     def output(m: re.Match) -> str:
         return m.group(1) + mapping.get(m.group(2), m.group(2))
-
-    context = re.sub(r"^(Output: )(.*)$", output, record.context, flags=re.MULTILINE)
-    return dataclasses.replace(swap_labels(record, mapping), context=context)
+    return re.sub(r"^(Output: )(.*)$", output, context, flags=re.MULTILINE)
 
 
 def swap_labels(record: ContextRecord, mapping: dict[str, str]) -> ContextRecord:
