@@ -78,7 +78,7 @@ class PairMemory:
         self.everyday = {layer: k.mean(0) for layer, k in everyday.items()}
 
     @torch.no_grad()
-    def _states(self, texts: list[str], positions) -> dict[int, torch.Tensor]:
+    def states(self, texts: list[str], positions) -> dict[int, torch.Tensor]:
         """Per layer, down_proj's inputs at `positions(text, encoding)` (an index or a list) of each text, stacked."""
         got: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
         blocks = self.base.model.model.layers
@@ -101,14 +101,14 @@ class PairMemory:
 
     def query_keys(self, inputs: list[str]) -> dict[int, torch.Tensor]:
         """[len(inputs), intermediate] per layer: each input prompted as a query, at its last position."""
-        return self._states([query_prompt(self.base, text) for text in inputs], lambda text, enc: -1)
+        return self.states([query_prompt(self.base, text) for text in inputs], lambda text, enc: -1)
 
     def context_keys(self, context: str) -> dict[int, torch.Tensor]:
         """[pairs, intermediate] per layer: the context read whole, at the last token of each "\nOutput:"."""
         def positions(text: str, enc) -> list[int]:
             ends = [m.end() for m in re.finditer(r"\nOutput:", text)]
             return [max(i for i, (_, stop) in enumerate(enc["offset_mapping"]) if stop <= end) for end in ends]
-        return self._states([context], positions)
+        return self.states([context], positions)
 
     def __call__(self, kind: str, context: str) -> Adapter | None:
         shown = pairs(context)

@@ -1,0 +1,189 @@
+"""A document read as cloze pairs: a LoRA written from each candidate answer's pseudo-question and its first word.
+
+Why: diagnostic 6 (pair_memory.py) found that a rank-8-per-slot down_proj LoRA carries a demonstrated mapping
+when each pair is keyed by the state in which the base answers that input *asked as a query*. A document has no
+pairs, but SQuAD questions mostly paraphrase one sentence with the answer taken out. So, with no training:
+  - candidates: in each sentence, numbers (with a unit) and runs of capitalised words (one-word sentence openers
+    such as "The" or "However" left out);
+  - pseudo-question of a candidate: up to `WINDOW` words either side of it in its sentence, the candidate
+    replaced by "what", ending in "?" (the unsupervised-QA cloze translation of Lewis et al., 2019, at its
+    crudest);
+  - key: PairMemory's key of that pseudo-question (the down_proj input at its answer position, in `--layers`,
+    centred on the document's candidates and on everyday prompts);
+  - value: the input embedding of the candidate's first token with a leading space (answers are led by one);
+  - one rank slot per distinct first token (no compression: a document's adapter has as many slots as it has
+    candidates, `--max-rank` caps it with Adapter.compressed).
+  python diagnostics/document_memory.py --config configs/eval_validation_documents.toml \\
+      --out results/validation-documents-document-memory [--generator DIR] [--gain 200] [--layers 18:28]
+It writes "document memory" and the same with another paragraph's memory, as `hyperadapter eval` does.
+`--generator DIR`: the memory's slots added to that generator's adapters (Adapter.combine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pair_memory import PairMemory  # noqa: E402
+
+from hyperadapter.adapter import Adapter  # noqa: E402
+from hyperadapter.base import load_base  # noqa: E402
+from hyperadapter.config import Settings  # noqa: E402
+from hyperadapter.data.prompts import query_prompt  # noqa: E402
+from hyperadapter.data.schema import load_split  # noqa: E402
+from hyperadapter.evaluation import report  # noqa: E402
+from hyperadapter.evaluation.harness import Harness, load_eval_config  # noqa: E402
+from hyperadapter.evaluation.systems import AdapterSystem  # noqa: E402
+from hyperadapter.runtime import LoraRuntime  # noqa: E402
+
+WINDOW = 12
+SENTENCE = re.compile(r"(?<=[.!?])\s+")
+NUMBER = r"\$?\d[\d,.]*(?:\s?(?:%|percent|million|billion|thousand|years?|days?|months?|hours?|km|miles?))?"
+CAPITALISED = r"[A-Z][\w'&-]*(?:\s+(?:of|the|and|de|for|in)\s+[A-Z][\w'&-]*|\s+[A-Z][\w'&-]*)*"
+CANDIDATE = re.compile(rf"(?<![\w$])(?:{NUMBER}|{CAPITALISED})")
+OPENERS = set("The A An In It This That These Those However He She They We I You His Her Their Its Our My On At "
+              "By For From As After Before When While If But And Or So Also There Then During Since Although "
+              "Because Some Many Most Other Each All Both Such One Two Three".split())
+
+
+def cloze_pairs(document: str) -> list[tuple[str, str]]:
+    """(pseudo-question, candidate answer) for each candidate of each sentence, in order."""
+    out = []
+    for sentence in SENTENCE.split(document.strip()):
+        for m in CANDIDATE.finditer(sentence):
+            span = m.group(0).rstrip(".,")
+            if span in OPENERS or len(span) < 2:
+                continue
+            before = sentence[:m.start()].split()[-WINDOW:]
+            after = sentence[m.start() + len(span):].split()[:WINDOW]
+            question = " ".join(before + ["what"] + after).rstrip(" .!?,;:") + "?"
+            out.append((question, span))
+    return out
+
+
+class DocumentMemory:
+    """`whole_answer`: besides the first token, each later token of a candidate (and the end of the reply after
+    it) gets a slot keyed by the state at the token before it, read with the candidate written as the reply."""
+
+    def __init__(self, memory: PairMemory, max_rank: int, whole_answer: bool = False):
+        self.memory, self.max_rank, self.whole_answer = memory, max_rank, whole_answer
+
+    def keyed_tokens(self, shown: list[tuple[str, str]]) -> tuple[dict[int, torch.Tensor], list[int]]:
+        """Keys per layer, [n, intermediate], and the token each key should raise."""
+        tok = self.memory.base.tokenizer
+        if not self.whole_answer:
+            firsts = [tok(" " + span, add_special_tokens=False)["input_ids"][0] for _, span in shown]
+            return self.memory.query_keys([q for q, _ in shown]), firsts
+        prompts = [query_prompt(self.memory.base, q) for q, _ in shown]
+        answers = [tok(" " + span, add_special_tokens=False)["input_ids"] for _, span in shown]
+        texts = [p + tok.decode(a) for p, a in zip(prompts, answers)]
+        # the prompt's last token predicts the answer's first; the answer's last predicts the end of the reply
+        by_text = {t: list(range(-len(a) - 1, 0)) for t, a in zip(texts, answers)}
+        keys = self.memory.states(texts, lambda text, enc: by_text[text])
+        return keys, [t for a in answers for t in a + [tok.eos_token_id]]
+
+    def __call__(self, kind: str, context: str) -> Adapter | None:
+        shown = cloze_pairs(context)
+        if len(shown) < 2:
+            return None
+        base = self.memory.base
+        keys, targets = self.keyed_tokens(shown)
+        outputs = sorted(set(targets))
+        if len(outputs) < 2:
+            return None
+        values = base.model.get_input_embeddings().weight[torch.tensor(outputs)].float()
+        values = values - values.mean(0)
+        values = values / values.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        weights = {}
+        for layer, k in keys.items():
+            everyday = self.memory.everyday[layer]
+            k = k - everyday
+            k = k - k.mean(0)
+            common = everyday / everyday.norm()
+            k = k - (k @ common)[:, None] * common
+            a = torch.stack([k[[i for i, t in enumerate(targets) if t == out]].sum(0) for out in outputs])
+            a = a / (k.norm(dim=1) ** 2).mean().clamp_min(1e-6)
+            gain = self.memory.gain / len(self.memory.layers)
+            weights[f"model.layers.{layer}.mlp.down_proj"] = (a, values.T * gain)
+        adapter = Adapter(weights, alpha=float(len(outputs)), base_model=base.model_id)  # scaling 1
+        return adapter.compressed(self.max_rank) if len(outputs) > self.max_rank else adapter
+
+
+def retrieval(memory: PairMemory, records) -> dict[str, float]:
+    """Whether a real question's key picks, among its paragraph's candidates, one whose first word starts a gold
+    answer (only questions for which some candidate does): the keys centred as the memory centres them, cosine
+    summed over the layers. Top 1 and top 3 of the candidates, against picking one at random."""
+    top1 = top3 = chance = n = 0
+    for record in records:
+        shown = cloze_pairs(record.context)
+        firsts = [span.split()[0].lower() for _, span in shown]
+        asked = [(q.input, {a.split()[0].lower() for a in q.answers if a.split()}) for q in record.queries]
+        asked = [(q, gold) for q, gold in asked if any(f in gold for f in firsts)]
+        if len(shown) < 2 or not asked:
+            continue
+        candidate_keys, question_keys = memory.query_keys([q for q, _ in shown]), memory.query_keys([q for q, _ in asked])
+        similarity = 0
+        for layer in memory.layers:
+            everyday = memory.everyday[layer]
+            common = everyday / everyday.norm()
+            c = candidate_keys[layer] - everyday
+            q = question_keys[layer] - everyday - c.mean(0)
+            c = c - c.mean(0)
+            c, q = (x - (x @ common)[:, None] * common for x in (c, q))
+            similarity = similarity + torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(c, dim=1).T
+        for (_, gold), row in zip(asked, similarity):
+            order = row.argsort(descending=True).tolist()
+            n += 1
+            top1 += firsts[order[0]] in gold
+            top3 += any(firsts[j] in gold for j in order[:3])
+            chance += sum(f in gold for f in firsts) / len(firsts)
+    return {"questions": n, "top1": top1 / max(n, 1), "top3": top3 / max(n, 1), "chance": chance / max(n, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="an eval config with kinds = [\"document\"]")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--layers", default="18:28", help="first:last+1 of the layers whose down_proj is written")
+    parser.add_argument("--gain", type=float, default=200.0)
+    parser.add_argument("--max-rank", type=int, default=64)
+    parser.add_argument("--generator", default=None)
+    parser.add_argument("--whole-answer", action="store_true",
+                        help="slots for every token of a candidate and the reply's end, not its first token only")
+    parser.add_argument("--retrieval", type=int, default=0, metavar="N",
+                        help="only print whether real questions' keys pick their answer's candidate, on N contexts")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    first, stop = (int(x) for x in args.layers.split(":"))
+    config = load_eval_config(args.config)
+    settings = Settings()
+    base = load_base(settings.base_model, settings.models_dir)
+    pair_memory = PairMemory(base, list(range(first, stop)), args.gain)
+    data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
+    if args.retrieval:
+        records = load_split(data_dir, config.split, "document")[:args.retrieval]
+        print(f"layers {args.layers}:", {k: round(v, 3) for k, v in retrieval(pair_memory, records).items()})
+        return
+    memory = DocumentMemory(pair_memory, args.max_rank, args.whole_answer)
+    make, name = memory, "document memory" + (", whole answers" if args.whole_answer else "")
+    if args.generator:
+        from pair_memory import added_to
+
+        from hyperadapter.embedding import SentenceEncoder
+        from hyperadapter.generator import Generator
+        generator = Generator.from_pretrained(args.generator, base, SentenceEncoder(), int8=True)
+        make, name = added_to(generator, memory), "generated + document memory"
+    systems = [AdapterSystem(base, make, name=name), AdapterSystem(base, make, name=name, wrong=True)]
+    Harness(base, LoraRuntime(base), config, data_dir).run(
+        systems, on_score=lambda partial: report.write(partial, args.out))
+
+
+if __name__ == "__main__":
+    main()
