@@ -369,3 +369,38 @@ def test_unrelated_kind_chooses_whose_adapters_go_on_other_contexts(base, tmp_pa
         load_eval_config(config, unrelated_kind="poem")
     with pytest.raises(ValueError, match="generated-wrong"):
         load_eval_config(config, unrelated_kind="task")
+
+
+def test_generated_plus_multitask_adds_both_updates_and_its_control_swaps_only_the_context(
+        base, runtime, sentence_encoder, tmp_path):
+    from hyperadapter.config import load_settings
+    from hyperadapter.evaluation.harness import EvalConfig
+    from hyperadapter.evaluation.run import build_systems
+    from hyperadapter.generator import Generator
+    from tests.conftest import make_adapter, perturb_generator, relative_difference
+    write_tiny_data(tmp_path / "data")
+    shared = make_adapter(base, seed=3)  # q_proj and v_proj; the generator also writes down_proj
+    shared.save(tmp_path / "multitask")
+    config = EvalConfig(out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "data"),
+                        multitask_lora=str(tmp_path / "multitask"),
+                        systems=["generated+multitask", "generated+multitask-wrong"])
+    generator = perturb_generator(Generator.fresh(base, sentence_encoder))
+    right, wrong = build_systems(config, load_settings(), base, runtime, generator=generator)
+    assert (right.name, wrong.name) == ("generated + multi-task LoRA", "generated + multi-task LoRA (wrong context)")
+    records = load_split(tmp_path / "data", "test", "task")
+    right.prepare(records)
+    wrong.prepare(records)
+    own, other = (generator.generate_adapter(r.context, "task") for r in (records[0], wrong.partner[records[0].id]))
+    for system, generated in ((right, own), (wrong, other)):
+        adapter = system.adapter(records[0])
+        for module in generated.weights:
+            expected = generated.delta_weight(module).float()
+            if module in shared.weights:
+                expected = expected + shared.delta_weight(module).float()
+            assert relative_difference(adapter.delta_weight(module), expected) < 1e-2, module
+    assert relative_difference(own.delta_weight(next(iter(own.weights))),
+                               other.delta_weight(next(iter(own.weights)))) > 0.05
+    missing = EvalConfig(out_dir=str(tmp_path / "out"), multitask_lora=str(tmp_path / "none"),
+                         systems=["generated+multitask"])
+    with pytest.raises(FileNotFoundError, match="multitask_lora.toml"):
+        build_systems(missing, load_settings(), base, runtime, generator=generator)

@@ -2,9 +2,11 @@
 rows where the two differ (the report, `compare` and the systems themselves read them from here)."""
 
 SYSTEM_NAMES = ("base", "base+context", "generated", "generated-wrong", "generated-unrelated", "multitask-lora",
-                "per-task-lora", "blend")
+                "generated+multitask", "generated+multitask-wrong", "per-task-lora", "blend")
 
 WRONG_SUFFIX = " (wrong context)"  # an AdapterSystem given another context of the same kind
 
 RESULT_NAMES = {"generated-wrong": "generated" + WRONG_SUFFIX, "generated-unrelated": "generated (unrelated context)",
-                "multitask-lora": "multi-task LoRA", "per-task-lora": "per-task LoRA (oracle)"}
+                "multitask-lora": "multi-task LoRA",
+                "generated+multitask": "generated + multi-task LoRA",
+                "generated+multitask-wrong": "generated + multi-task LoRA" + WRONG_SUFFIX, "per-task-lora": "per-task LoRA (oracle)"}

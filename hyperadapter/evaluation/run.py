@@ -47,13 +47,23 @@ def catalogue_blender(generator, data_dir: Path, per_kind: int, k: int, tmp_root
     return make
 
 
+def load_multitask_lora(config: EvalConfig):
+    from hyperadapter.adapter import Adapter
+    path = Path(config.multitask_lora)
+    if not path.is_dir():
+        raise FileNotFoundError(f"multi-task LoRA {path} not found: train it with "
+                                "`hyperadapter train --config configs/multitask_lora.toml`")
+    return Adapter.load(path)
+
+
 def build_systems(config: EvalConfig, settings: Settings, base, runtime, generator=None,
                   data_dir: Path | None = None) -> list:
     unknown = set(config.systems) - set(SYSTEM_NAMES)
     if unknown:
         raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEM_NAMES)}")
     systems = []
-    if {"generated", "generated-wrong", "generated-unrelated", "blend"} & set(config.systems) and generator is None:
+    if {"generated", "generated-wrong", "generated-unrelated", "blend", "generated+multitask",
+        "generated+multitask-wrong"} & set(config.systems) and generator is None:
         from hyperadapter.embedding import SentenceEncoder
         from hyperadapter.generator import Generator
         # as the service serves it (int8 where bf16 is slow; HYPERADAPTER_INT8=0 for float32)
@@ -76,12 +86,14 @@ def build_systems(config: EvalConfig, settings: Settings, base, runtime, generat
             systems.append(UnrelatedContextSystem(base, lambda kind, ctx: generator.generate_adapter(ctx, kind), others,
                                                   partner_kind=config.unrelated_kind))
         elif name == "multitask-lora":
+            systems.append(FixedAdapterSystem(base, load_multitask_lora(config), RESULT_NAMES["multitask-lora"]))
+        elif name in ("generated+multitask", "generated+multitask-wrong"):
+            # the generated adapter on top of the multi-task LoRA: ranks concatenated, each at its own scaling
             from hyperadapter.adapter import Adapter
-            path = Path(config.multitask_lora)
-            if not path.is_dir():
-                raise FileNotFoundError(f"multi-task LoRA {path} not found: train it with "
-                                        "`hyperadapter train --config configs/multitask_lora.toml`")
-            systems.append(FixedAdapterSystem(base, Adapter.load(path), RESULT_NAMES["multitask-lora"]))
+            shared = load_multitask_lora(config)
+            systems.append(AdapterSystem(
+                base, lambda kind, ctx: Adapter.combine([(generator.generate_adapter(ctx, kind), 1.0), (shared, 1.0)]),
+                name=RESULT_NAMES["generated+multitask"], wrong=name.endswith("-wrong")))
         elif name == "blend":
             import tempfile
             tmp = Path(tempfile.mkdtemp(prefix="blend-catalogue-"))
