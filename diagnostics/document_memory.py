@@ -159,8 +159,9 @@ def main() -> None:
                         help="slots for every token of a candidate and the reply's end, not its first token only")
     parser.add_argument("--retrieval", type=int, default=0, metavar="N",
                         help="only print whether real questions' keys pick their answer's candidate, on N contexts")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 beside another job on two cores)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     first, stop = (int(x) for x in args.layers.split(":"))
     config = load_eval_config(args.config)
     settings = Settings()
