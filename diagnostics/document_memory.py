@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.nn.functional import normalize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -93,27 +94,8 @@ class DocumentMemory:
         shown = cloze_pairs(context)
         if len(shown) < 2:
             return None
-        base = self.memory.base
         keys, targets = self.keyed_tokens(shown)
-        outputs = sorted(set(targets))
-        if len(outputs) < 2:
-            return None
-        values = base.model.get_input_embeddings().weight[torch.tensor(outputs)].float()
-        values = values - values.mean(0)
-        values = values / values.norm(dim=1, keepdim=True).clamp_min(1e-6)
-        weights = {}
-        for layer, k in keys.items():
-            everyday = self.memory.everyday[layer]
-            k = k - everyday
-            k = k - k.mean(0)
-            common = everyday / everyday.norm()
-            k = k - (k @ common)[:, None] * common
-            a = torch.stack([k[[i for i, t in enumerate(targets) if t == out]].sum(0) for out in outputs])
-            a = a / (k.norm(dim=1) ** 2).mean().clamp_min(1e-6)
-            gain = self.memory.gain / len(self.memory.layers)
-            weights[f"model.layers.{layer}.mlp.down_proj"] = (a, values.T * gain)
-        adapter = Adapter(weights, alpha=float(len(outputs)), base_model=base.model_id)  # scaling 1
-        return adapter.compressed(self.max_rank) if len(outputs) > self.max_rank else adapter
+        return self.memory.write(keys, targets, self.max_rank) if len(set(targets)) > 1 else None
 
 
 def retrieval(memory: PairMemory, records) -> dict[str, float]:
@@ -128,16 +110,12 @@ def retrieval(memory: PairMemory, records) -> dict[str, float]:
         asked = [(q, gold) for q, gold in asked if any(f in gold for f in firsts)]
         if len(shown) < 2 or not asked:
             continue
-        candidate_keys, question_keys = memory.query_keys([q for q, _ in shown]), memory.query_keys([q for q, _ in asked])
+        candidates, questions = memory.query_keys([q for q, _ in shown]), memory.query_keys([q for q, _ in asked])
         similarity = 0
         for layer in memory.layers:
-            everyday = memory.everyday[layer]
-            common = everyday / everyday.norm()
-            c = candidate_keys[layer] - everyday
-            q = question_keys[layer] - everyday - c.mean(0)
-            c = c - c.mean(0)
-            c, q = (x - (x @ common)[:, None] * common for x in (c, q))
-            similarity = similarity + torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(c, dim=1).T
+            shift = (candidates[layer] - memory.everyday[layer]).mean(0)  # the paragraph's candidates' mean
+            c, q = (normalize(memory.centred(layer, k[layer], shift), dim=1) for k in (candidates, questions))
+            similarity = similarity + q @ c.T
         for (_, gold), row in zip(asked, similarity):
             order = row.argsort(descending=True).tolist()
             n += 1

@@ -110,30 +110,41 @@ class PairMemory:
             return [max(i for i, (_, stop) in enumerate(enc["offset_mapping"]) if stop <= end) for end in ends]
         return self.states([context], positions)
 
+    def centred(self, layer: int, keys: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """Keys less the everyday prompts' mean and `shift` (a set's mean, already less the everyday mean),
+        orthogonal to the everyday mean, so that no slot fires on every position alike."""
+        keys = keys - self.everyday[layer]
+        if shift is not None:
+            keys = keys - shift
+        common = self.everyday[layer] / self.everyday[layer].norm()
+        return keys - (keys @ common)[:, None] * common
+
+    def write(self, keys: dict[int, torch.Tensor], targets: list[int], max_rank: int = MAX_RANK) -> Adapter:
+        """The down_proj slots that raise token targets[i] where a state resembles keys[layer][i]: one slot per
+        distinct target (its keys summed), its value the target's unit input embedding x gain / layers; keys
+        centred on their set when there are two or more targets; past `max_rank`, the best rank-`max_rank` fit."""
+        outputs = sorted(set(targets))
+        values = self.base.model.get_input_embeddings().weight[torch.tensor(outputs)].float()
+        if len(outputs) > 1:
+            values = values - values.mean(0)
+        values = values / values.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        weights = {}
+        for layer, k in keys.items():
+            k = self.centred(layer, k, (k - self.everyday[layer]).mean(0) if len(outputs) > 1 else None)
+            a = torch.stack([k[[i for i, t in enumerate(targets) if t == out]].sum(0) for out in outputs])
+            a = a / (k.norm(dim=1) ** 2).mean().clamp_min(1e-6)
+            weights[f"model.layers.{layer}.mlp.down_proj"] = (a, values.T * (self.gain / len(self.layers)))
+        adapter = Adapter(weights, alpha=float(len(outputs)), base_model=self.base.model_id)  # scaling 1
+        return adapter.compressed(max_rank) if len(outputs) > max_rank else adapter
+
     def __call__(self, kind: str, context: str) -> Adapter | None:
         shown = pairs(context)
         tok = self.base.tokenizer
         firsts = [(tok(o, add_special_tokens=False)["input_ids"] or [tok.eos_token_id])[0] for _, o in shown]
         if len(set(firsts)) == len(firsts):
             return None
-        outputs = sorted(set(firsts))
-        values = self.base.model.get_input_embeddings().weight[torch.tensor(outputs)].float()
-        if len(outputs) > 1:
-            values = values - values.mean(0)
-        values = values / values.norm(dim=1, keepdim=True).clamp_min(1e-6)
-        weights = {}
         keys = self.context_keys(context) if self.in_context else self.query_keys([i for i, _ in shown])
-        for layer, k in keys.items():
-            k = k - self.everyday[layer]
-            if len(outputs) > 1:
-                k = k - k.mean(0)
-            common = self.everyday[layer] / self.everyday[layer].norm()
-            k = k - (k @ common)[:, None] * common
-            a = torch.stack([k[[i for i, f in enumerate(firsts) if f == out]].sum(0) for out in outputs])
-            a = a / (k.norm(dim=1) ** 2).mean().clamp_min(1e-6)
-            weights[f"model.layers.{layer}.mlp.down_proj"] = (a, values.T * (self.gain / len(self.layers)))
-        adapter = Adapter(weights, alpha=float(len(outputs)), base_model=self.base.model_id)  # scaling 1
-        return adapter.compressed(MAX_RANK) if len(outputs) > MAX_RANK else adapter
+        return self.write(keys, firsts)
 
 
 def added_to(generator, memory: PairMemory):

@@ -7,6 +7,7 @@ SYSTEM_NAMES = ("base", "base+context", "generated", "generated-wrong", "generat
 WRONG_SUFFIX = " (wrong context)"  # an AdapterSystem given another context of the same kind
 
 RESULT_NAMES = {"generated-wrong": "generated" + WRONG_SUFFIX, "generated-unrelated": "generated (unrelated context)",
-                "multitask-lora": "multi-task LoRA",
+                "multitask-lora": "multi-task LoRA", "per-task-lora": "per-task LoRA (oracle)",
+                # the generated adapter on top of the multi-task LoRA, and the same with a wrong context
                 "generated+multitask": "generated + multi-task LoRA",
-                "generated+multitask-wrong": "generated + multi-task LoRA" + WRONG_SUFFIX, "per-task-lora": "per-task LoRA (oracle)"}
+                "generated+multitask-wrong": "generated + multi-task LoRA" + WRONG_SUFFIX}

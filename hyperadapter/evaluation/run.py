@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hyperadapter.config import Settings
 from hyperadapter.evaluation import report
@@ -10,6 +11,9 @@ from hyperadapter.evaluation.harness import EvalConfig, Harness
 from hyperadapter.evaluation.names import RESULT_NAMES, SYSTEM_NAMES
 from hyperadapter.evaluation.systems import (AdapterSystem, BaseSystem, ContextInPromptSystem,
                                              FixedAdapterSystem, PerTaskLoraSystem)
+
+if TYPE_CHECKING:
+    from hyperadapter.adapter import Adapter
 
 
 def catalogue_blender(generator, data_dir: Path, per_kind: int, k: int, tmp_root: Path):
@@ -47,7 +51,8 @@ def catalogue_blender(generator, data_dir: Path, per_kind: int, k: int, tmp_root
     return make
 
 
-def load_multitask_lora(config: EvalConfig):
+def load_multitask_lora(config: EvalConfig) -> "Adapter":
+    """The multi-task LoRA baseline the config names, or a FileNotFoundError saying how to train it."""
     from hyperadapter.adapter import Adapter
     path = Path(config.multitask_lora)
     if not path.is_dir():
@@ -91,9 +96,10 @@ def build_systems(config: EvalConfig, settings: Settings, base, runtime, generat
             # the generated adapter on top of the multi-task LoRA: ranks concatenated, each at its own scaling
             from hyperadapter.adapter import Adapter
             shared = load_multitask_lora(config)
-            systems.append(AdapterSystem(
-                base, lambda kind, ctx: Adapter.combine([(generator.generate_adapter(ctx, kind), 1.0), (shared, 1.0)]),
-                name=RESULT_NAMES["generated+multitask"], wrong=name.endswith("-wrong")))
+            def on_shared(kind: str, ctx: str, shared: Adapter = shared) -> Adapter:
+                return Adapter.combine([(generator.generate_adapter(ctx, kind), 1.0), (shared, 1.0)])
+            systems.append(AdapterSystem(base, on_shared, name=RESULT_NAMES["generated+multitask"],
+                                         wrong=name.endswith("-wrong")))
         elif name == "blend":
             import tempfile
             tmp = Path(tempfile.mkdtemp(prefix="blend-catalogue-"))
