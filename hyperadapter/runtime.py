@@ -140,6 +140,17 @@ class LoraRuntime:
         return self.base.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     @property
+    def space_led(self) -> Tensor:
+        """[vocab] bool: the tokens whose text begins with a space (computed once)."""
+        if getattr(self, "_space_led", None) is None:
+            tok = self.base.tokenizer
+            texts = tok.batch_decode([[i] for i in range(len(tok))])
+            mask = torch.zeros(max(len(tok), self.base.model.config.vocab_size), dtype=torch.bool)
+            mask[:len(texts)] = torch.tensor([t.startswith(" ") for t in texts])
+            self._space_led = mask
+        return self._space_led
+
+    @property
     def stop_ids(self) -> set[int]:
         ids = {self.base.tokenizer.eos_token_id}
         gen_eos = getattr(self.base.model.generation_config, "eos_token_id", None)
@@ -165,6 +176,10 @@ class GenerationParams:
     # A chat reply starts without whitespace. Adapters trained to copy a word from their context emit
     # its in-text token, which carries a leading space (" Lisbon"); a plain completion keeps it.
     strip_leading: bool = False
+    # The reply's first token must begin with a space (a lone space too: " 1887" is " ", "1", ...).
+    # Document and chat answers were trained so (`lead_space` in the recipes), while the chat
+    # template's prior opens a reply with a bare "The". strip_leading then drops the space.
+    lead_space: bool = False
 
 
 @dataclass
@@ -335,6 +350,9 @@ class DecodeBatch:
 
     def _sample(self, logits: Tensor, rows: Sequence[Row]) -> Tensor:
         logits = _penalised(logits.float(), rows)
+        for i, row in enumerate(rows):
+            if row.params.lead_space and not row.output_ids:
+                logits[i, ~self.runtime.space_led] = float("-inf")
         out = logits.argmax(-1)
         for i, row in enumerate(rows):
             p = row.params

@@ -118,3 +118,16 @@ def test_penalties_apply_to_generated_tokens_only_and_stop_a_loop(base, runtime)
     penalised = GenerationParams(max_new_tokens=8, presence_penalty=2.0)
     mixed = runtime.generate([prompt, prompt], None, [plain_params, penalised])
     assert mixed == [plain, runtime.generate([prompt], None, penalised)[0]]
+
+
+def test_lead_space_opens_the_reply_with_a_space_led_token_and_only_the_first(base, runtime):
+    prompt = format_prompt(base, "What is the capital of France?")
+    plain, led, stripped = runtime.generate(
+        [prompt] * 3, None, [GenerationParams(max_new_tokens=8), GenerationParams(max_new_tokens=8, lead_space=True),
+                             GenerationParams(max_new_tokens=8, lead_space=True, strip_leading=True)])
+    assert not plain.startswith(" ")  # the chat prior opens with a bare word, so the rule has work to do
+    assert led.startswith(" ") and led[1:2].strip()  # one space, then a word
+    assert stripped == led.lstrip()
+    ids = base.tokenizer(led, add_special_tokens=False)["input_ids"]
+    assert bool(runtime.space_led[ids[0]]) and not bool(runtime.space_led[base.tokenizer.encode("The")[0]])
+    assert bool(runtime.space_led[base.tokenizer.encode(" 1887")[0]])  # a lone space leads numbers

@@ -44,6 +44,8 @@ class EvalConfig:
     # decoding penalties for every system alike (runtime.GenerationParams); choose them on validation
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    # kinds whose replies must open with a space-led token, for every system alike (GenerationParams.lead_space)
+    lead_space: list[str] = field(default_factory=list)
     systems: list[str] = field(default_factory=lambda: [
         "base", "base+context", "generated", "generated-wrong", "multitask-lora", "per-task-lora"])
     generator: str = ""  # default: the shipped checkpoint
@@ -138,7 +140,8 @@ class Harness:
         else:
             params = GenerationParams(max_new_tokens=self.config.max_new_tokens,
                                       frequency_penalty=self.config.frequency_penalty,
-                                      presence_penalty=self.config.presence_penalty)
+                                      presence_penalty=self.config.presence_penalty,
+                                      lead_space=record.kind in self.config.lead_space)
             replies = []
             for s in range(0, len(prompts), self.config.batch_size):
                 replies += self.runtime.generate(prompts[s:s + self.config.batch_size], adapter, params)
