@@ -21,7 +21,6 @@ It writes "document memory" and the same with another paragraph's memory, as `hy
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -32,17 +31,12 @@ from torch.nn.functional import normalize
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pair_memory import PairMemory  # noqa: E402
+from pair_memory import PairMemory, layer_range, memory_parser, on_generator, parsed, run_harness  # noqa: E402
 
 from hyperadapter.adapter import Adapter  # noqa: E402
-from hyperadapter.base import load_base  # noqa: E402
-from hyperadapter.config import Settings  # noqa: E402
 from hyperadapter.data.prompts import query_prompt  # noqa: E402
 from hyperadapter.data.schema import load_split  # noqa: E402
-from hyperadapter.evaluation import report  # noqa: E402
-from hyperadapter.evaluation.harness import Harness, load_eval_config  # noqa: E402
 from hyperadapter.evaluation.systems import AdapterSystem  # noqa: E402
-from hyperadapter.runtime import LoraRuntime  # noqa: E402
 
 WINDOW = 12
 SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -126,42 +120,24 @@ def retrieval(memory: PairMemory, records) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="an eval config with kinds = [\"document\"]")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--layers", default="18:28", help="first:last+1 of the layers whose down_proj is written")
-    parser.add_argument("--gain", type=float, default=200.0)
+    parser = memory_parser(__doc__.splitlines()[0], "document")
     parser.add_argument("--max-rank", type=int, default=64)
-    parser.add_argument("--generator", default=None)
     parser.add_argument("--whole-answer", action="store_true",
                         help="slots for every token of a candidate and the reply's end, not its first token only")
     parser.add_argument("--retrieval", type=int, default=0, metavar="N",
                         help="only print whether real questions' keys pick their answer's candidate, on N contexts")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 beside another job on two cores)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    first, stop = (int(x) for x in args.layers.split(":"))
-    config = load_eval_config(args.config)
-    settings = Settings()
-    base = load_base(settings.base_model, settings.models_dir)
-    pair_memory = PairMemory(base, list(range(first, stop)), args.gain)
-    data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
+    args, config, settings, base = parsed(parser)
+    pair_memory = PairMemory(base, layer_range(args.layers), args.gain)
     if args.retrieval:
+        data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
         records = load_split(data_dir, config.split, "document")[:args.retrieval]
         print(f"layers {args.layers}:", {k: round(v, 3) for k, v in retrieval(pair_memory, records).items()})
         return
-    memory = DocumentMemory(pair_memory, args.max_rank, args.whole_answer)
-    make, name = memory, "document memory" + (", whole answers" if args.whole_answer else "")
-    if args.generator:
-        from pair_memory import added_to
-
-        from hyperadapter.embedding import SentenceEncoder
-        from hyperadapter.generator import Generator
-        generator = Generator.from_pretrained(args.generator, base, SentenceEncoder(), int8=True)
-        make, name = added_to(generator, memory), "generated + document memory"
+    make, generated = on_generator(args.generator, base, DocumentMemory(pair_memory, args.max_rank, args.whole_answer))
+    name = "generated + document memory" if generated else (
+        "document memory" + (", whole answers" if args.whole_answer else ""))
     systems = [AdapterSystem(base, make, name=name), AdapterSystem(base, make, name=name, wrong=True)]
-    Harness(base, LoraRuntime(base), config, data_dir).run(
-        systems, on_score=lambda partial: report.write(partial, args.out))
+    run_harness(base, config, settings, systems, args.out)
 
 
 if __name__ == "__main__":

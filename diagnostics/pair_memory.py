@@ -147,7 +147,7 @@ class PairMemory:
         return self.write(keys, firsts)
 
 
-def added_to(generator, memory: PairMemory):
+def added_to(generator, memory):
     """The generator's adapter with the memory's slots appended to its down_proj factors."""
     def make(kind: str, context: str) -> Adapter:
         adapter, extra = generator.generate_adapter(context, kind), memory(kind, context)
@@ -155,33 +155,58 @@ def added_to(generator, memory: PairMemory):
     return make
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="an eval config with kinds = [\"demonstrations\"]")
+def memory_parser(description: str, kind: str) -> argparse.ArgumentParser:
+    """The options every memory diagnostic takes (this one's and document_memory.py's)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help=f"an eval config with kinds = [\"{kind}\"]")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--layers", default="18:28", help="first:last+1 of the layers whose down_proj is written")
     parser.add_argument("--gain", type=float, default=200.0)
-    parser.add_argument("--generator", default=None)
+    parser.add_argument("--generator", default=None, help="add the memory's slots to this generator's adapters")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 beside another job on two cores)")
+    return parser
+
+
+def parsed(parser: argparse.ArgumentParser) -> tuple:
+    """(args, the eval config, settings, the base model), threads set."""
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    settings = Settings()
+    return args, load_eval_config(args.config), settings, load_base(settings.base_model, settings.models_dir)
+
+
+def layer_range(spec: str) -> list[int]:
+    first, stop = (int(x) for x in spec.split(":"))
+    return list(range(first, stop))
+
+
+def on_generator(directory: str | None, base: Base, memory) -> tuple:
+    """`memory` itself, or (with a generator's folder) the generator's adapters with its slots added, and
+    whether a generator was used."""
+    if not directory:
+        return memory, False
+    from hyperadapter.embedding import SentenceEncoder
+    from hyperadapter.generator import Generator
+    return added_to(Generator.from_pretrained(directory, base, SentenceEncoder(), int8=True), memory), True
+
+
+def run_harness(base: Base, config, settings: Settings, systems: list, out: Path) -> None:
+    data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
+    Harness(base, LoraRuntime(base), config, data_dir).run(systems, on_score=lambda partial: report.write(partial, out))
+
+
+def main() -> None:
+    parser = memory_parser(__doc__.splitlines()[0], "demonstrations")
     parser.add_argument("--keys-in-context", action="store_true",
                         help="read each pair's key inside the set read whole, not from its input asked as a query")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    first, stop = (int(x) for x in args.layers.split(":"))
-    config = load_eval_config(args.config)
-    settings = Settings()
-    base = load_base(settings.base_model, settings.models_dir)
-    runtime = LoraRuntime(base)
-    memory = PairMemory(base, list(range(first, stop)), args.gain, in_context=args.keys_in_context)
-    make, name = memory, "pair memory" + (", keys in context" if args.keys_in_context else "")
-    if args.generator:
-        from hyperadapter.embedding import SentenceEncoder
-        from hyperadapter.generator import Generator
-        generator = Generator.from_pretrained(args.generator, base, SentenceEncoder(), int8=True)
-        make, name = added_to(generator, memory), "generated + pair memory"
+    args, config, settings, base = parsed(parser)
+    memory = PairMemory(base, layer_range(args.layers), args.gain, in_context=args.keys_in_context)
+    make, generated = on_generator(args.generator, base, memory)
+    name = ("generated + pair memory" if generated
+            else "pair memory" + (", keys in context" if args.keys_in_context else ""))
     systems = [AdapterSystem(base, make, name=name), AdapterSystem(base, make, name=name, wrong=True),
                AdapterSystem(base, lambda kind, context: make(kind, twin(context)), name=f"{name} (twin set)")]
-    data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
-    Harness(base, runtime, config, data_dir).run(systems, on_score=lambda partial: report.write(partial, args.out))
+    run_harness(base, config, settings, systems, args.out)
 
 
 if __name__ == "__main__":
