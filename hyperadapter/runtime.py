@@ -139,16 +139,16 @@ class LoraRuntime:
     def encode(self, text: str) -> list[int]:
         return self.base.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    @property
-    def space_led(self) -> Tensor:
-        """[vocab] bool: the tokens whose text begins with a space (computed once)."""
-        if getattr(self, "_space_led", None) is None:
+    def space_led(self, vocab: int) -> Tensor:
+        """[vocab] bool: the tokens whose text begins with a space (as wide as the logits; computed once)."""
+        mask = getattr(self, "_space_led", None)
+        if mask is None or mask.shape[0] != vocab:
             tok = self.base.tokenizer
-            texts = tok.batch_decode([[i] for i in range(len(tok))])
-            mask = torch.zeros(max(len(tok), self.base.model.config.vocab_size), dtype=torch.bool)
+            texts = tok.batch_decode([[i] for i in range(min(len(tok), vocab))])
+            mask = torch.zeros(vocab, dtype=torch.bool)
             mask[:len(texts)] = torch.tensor([t.startswith(" ") for t in texts])
             self._space_led = mask
-        return self._space_led
+        return mask
 
     @property
     def stop_ids(self) -> set[int]:
@@ -353,7 +353,7 @@ class DecodeBatch:
         logits = _penalised(logits.float(), rows)
         for i, row in enumerate(rows):
             if row.params.lead_space and not row.output_ids:
-                logits[i, ~self.runtime.space_led] = float("-inf")
+                logits[i, ~self.runtime.space_led(logits.shape[1])] = float("-inf")
         out = logits.argmax(-1)
         for i, row in enumerate(rows):
             p = row.params

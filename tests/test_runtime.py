@@ -129,5 +129,6 @@ def test_lead_space_opens_the_reply_with_a_space_led_token_and_only_the_first(ba
     assert led.startswith(" ") and led[1:2].strip()  # one space, then a word
     assert stripped == led.lstrip()
     ids = base.tokenizer(led, add_special_tokens=False)["input_ids"]
-    assert bool(runtime.space_led[ids[0]]) and not bool(runtime.space_led[base.tokenizer.encode("The")[0]])
-    assert bool(runtime.space_led[base.tokenizer.encode(" 1887")[0]])  # a lone space leads numbers
+    space_led = runtime.space_led(base.model.config.vocab_size)
+    assert bool(space_led[ids[0]]) and not bool(space_led[base.tokenizer.encode("The")[0]])
+    assert bool(space_led[base.tokenizer.encode(" 1887")[0]])  # a lone space leads numbers
