@@ -25,7 +25,6 @@ import re
 import sys
 from pathlib import Path
 
-import torch
 from torch.nn.functional import normalize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pair_memory import PairMemory, layer_range, memory_parser, on_generator, parsed, run_harness  # noqa: E402
 
 from hyperadapter.adapter import Adapter  # noqa: E402
-from hyperadapter.data.prompts import query_prompt  # noqa: E402
 from hyperadapter.data.schema import load_split  # noqa: E402
 from hyperadapter.evaluation.systems import AdapterSystem  # noqa: E402
 
@@ -64,32 +62,16 @@ def cloze_pairs(document: str) -> list[tuple[str, str]]:
 
 
 class DocumentMemory:
-    """`whole_answer`: besides the first token, each later token of a candidate (and the end of the reply after
-    it) gets a slot keyed by the state at the token before it, read with the candidate written as the reply."""
-
-    def __init__(self, memory: PairMemory, max_rank: int, whole_answer: bool = False):
-        self.memory, self.max_rank, self.whole_answer = memory, max_rank, whole_answer
-
-    def keyed_tokens(self, shown: list[tuple[str, str]]) -> tuple[dict[int, torch.Tensor], list[int]]:
-        """Keys per layer, [n, intermediate], and the token each key should raise."""
-        tok = self.memory.base.tokenizer
-        if not self.whole_answer:
-            firsts = [tok(" " + span, add_special_tokens=False)["input_ids"][0] for _, span in shown]
-            return self.memory.query_keys([q for q, _ in shown]), firsts
-        prompts = [query_prompt(self.memory.base, q) for q, _ in shown]
-        answers = [tok(" " + span, add_special_tokens=False)["input_ids"] for _, span in shown]
-        texts = [p + tok.decode(a) for p, a in zip(prompts, answers)]
-        # the prompt's last token predicts the answer's first; the answer's last predicts the end of the reply
-        by_text = {t: list(range(-len(a) - 1, 0)) for t, a in zip(texts, answers)}
-        keys = self.memory.states(texts, lambda text, enc: by_text[text])
-        return keys, [t for a in answers for t in a + [tok.eos_token_id]]
+    def __init__(self, memory: PairMemory, max_rank: int):
+        self.memory, self.max_rank = memory, max_rank
 
     def __call__(self, kind: str, context: str) -> Adapter | None:
         shown = cloze_pairs(context)
-        if len(shown) < 2:
+        tok = self.memory.base.tokenizer
+        firsts = [tok(" " + span, add_special_tokens=False)["input_ids"][0] for _, span in shown]
+        if len(set(firsts)) < 2:
             return None
-        keys, targets = self.keyed_tokens(shown)
-        return self.memory.write(keys, targets, self.max_rank) if len(set(targets)) > 1 else None
+        return self.memory.write(self.memory.query_keys([q for q, _ in shown]), firsts, self.max_rank)
 
 
 def retrieval(memory: PairMemory, records) -> dict[str, float]:
@@ -122,8 +104,6 @@ def retrieval(memory: PairMemory, records) -> dict[str, float]:
 def main() -> None:
     parser = memory_parser(__doc__.splitlines()[0], "document")
     parser.add_argument("--max-rank", type=int, default=64)
-    parser.add_argument("--whole-answer", action="store_true",
-                        help="slots for every token of a candidate and the reply's end, not its first token only")
     parser.add_argument("--retrieval", type=int, default=0, metavar="N",
                         help="only print whether real questions' keys pick their answer's candidate, on N contexts")
     args, config, settings, base = parsed(parser)
@@ -133,9 +113,8 @@ def main() -> None:
         records = load_split(data_dir, config.split, "document")[:args.retrieval]
         print(f"layers {args.layers}:", {k: round(v, 3) for k, v in retrieval(pair_memory, records).items()})
         return
-    make, generated = on_generator(args.generator, base, DocumentMemory(pair_memory, args.max_rank, args.whole_answer))
-    name = "generated + document memory" if generated else (
-        "document memory" + (", whole answers" if args.whole_answer else ""))
+    make, generated = on_generator(args.generator, base, DocumentMemory(pair_memory, args.max_rank))
+    name = "generated + document memory" if generated else "document memory"
     systems = [AdapterSystem(base, make, name=name), AdapterSystem(base, make, name=name, wrong=True)]
     run_harness(base, config, settings, systems, args.out)
 
