@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from hyperadapter.config import Settings
 from hyperadapter.evaluation import report
 from hyperadapter.evaluation.harness import EvalConfig, Harness
-from hyperadapter.evaluation.names import RESULT_NAMES, SYSTEM_NAMES
+from hyperadapter.evaluation.names import GENERATOR_SYSTEMS, RESULT_NAMES, SYSTEM_NAMES
 from hyperadapter.evaluation.systems import (AdapterSystem, BaseSystem, ContextInPromptSystem,
                                              FixedAdapterSystem, PerTaskLoraSystem)
 
@@ -67,8 +67,7 @@ def build_systems(config: EvalConfig, settings: Settings, base, runtime, generat
     if unknown:
         raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEM_NAMES)}")
     systems = []
-    if {"generated", "generated-wrong", "generated-unrelated", "blend", "generated+multitask",
-        "generated+multitask-wrong"} & set(config.systems) and generator is None:
+    if GENERATOR_SYSTEMS & set(config.systems) and generator is None:
         from hyperadapter.embedding import SentenceEncoder
         from hyperadapter.generator import Generator
         # as the service serves it (int8 where bf16 is slow; HYPERADAPTER_INT8=0 for float32)
