@@ -145,6 +145,45 @@ def test_stray_yes_no_counts_bare_yes_no_only_where_no_reference_is_one():
     assert metrics.stray_yes_no("Yes", ["Paris", "Yes"]) == 0.0
 
 
+def test_looped_finds_a_run_said_three_times_and_nothing_else():
+    assert metrics.looped(" Mott Mott Mott Mott") == 1.0
+    assert metrics.looped("The sea is a thing that is very, very, very, very") == 1.0  # "very ," thrice
+    assert metrics.looped(" staining stains on stains on stains on st") == 1.0
+    assert metrics.looped("The no-no-no-no") == 1.0  # "no -" thrice
+    assert metrics.looped("Mott Mott, the Mott family.") == 0.0  # said twice in a row, or apart
+    assert metrics.looped("It rained on Monday, rained on Tuesday and rained on Friday.") == 0.0
+    assert metrics.looped("1, 2, 3, 4, 5") == 0.0
+    assert metrics.looped("") == 0.0
+
+
+def test_short_document_keeps_its_first_sentences_and_the_questions_they_answer():
+    from hyperadapter.data.builders import short_document
+    doc = ContextRecord("d1", "document", "article", "fixture",
+                        "Varnholm lies on the Esk. Its mayor is Ann Bell. In 1887 a bridge was built.", "squad",
+                        [Query("Which river?", ["the Esk", "Esk"]), Query("Who is mayor?", ["Ann Bell"]),
+                         Query("When was the bridge built?", ["1887"])])
+    one, two = short_document(doc, 1), short_document(doc, 2)
+    assert one.context == "Varnholm lies on the Esk."
+    assert two.context == "Varnholm lies on the Esk. Its mayor is Ann Bell."
+    assert [q.input for q in one.queries] == ["Which river?"]
+    assert [q.input for q in two.queries] == ["Which river?", "Who is mayor?"]
+    assert (one.id, two.id) == ("d1#first1", "d1#first2")  # cached apart from the whole paragraph
+    assert short_document(doc, 9).context == doc.context and short_document(doc, 9).queries == doc.queries
+    with pytest.raises(ValueError, match="document"):
+        short_document(ContextRecord("t", "task", "g", "fixture", "Do it.", "generation", []), 1)
+
+
+def test_eval_records_cut_documents_only_when_asked(tmp_path):
+    from hyperadapter.evaluation.harness import EvalConfig, eval_records
+    write_tiny_data(tmp_path)
+    whole = eval_records(tmp_path, EvalConfig(), "document")
+    cut = eval_records(tmp_path, EvalConfig(document_sentences=1), "document")
+    assert cut and all(r.id.endswith("#first1") for r in cut)
+    assert all(len(r.context) < len(w.context) for r, w in zip(cut, whole))
+    assert all(any(a in r.context for a in q.answers) for r in cut for q in r.queries)
+    assert eval_records(tmp_path, EvalConfig(document_sentences=1), "task") == eval_records(tmp_path, EvalConfig(), "task")
+
+
 def test_choice_scores_match_a_plain_forward(base, runtime):
     import torch.nn.functional as F
     from hyperadapter.base import format_prompt
@@ -196,6 +235,7 @@ def test_harness_end_to_end(base, runtime, sentence_encoder, tmp_path):
     assert systems["generated"]["task"]["adapter_ms"] > 0
     assert systems["base"]["document"]["stray_yes_no"] is None  # counted on generation tasks only
     assert 0.0 <= systems["base"]["task"]["stray_yes_no"] <= 100.0
+    assert 0.0 <= systems["base"]["document"]["looped"] <= 100.0  # every decoded reply is checked
     out = tmp_path / "out"
     assert json.loads((out / "results.json").read_text())["config"]["limit"] == 2
     assert "| base+context |" in (out / "results.md").read_text()

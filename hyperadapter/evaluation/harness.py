@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from hyperadapter.adapter import Adapter
 from hyperadapter.base import Base
-from hyperadapter.data.builders import short_history
+from hyperadapter.data.builders import short_document, short_history
 from hyperadapter.data.relabel import relabelled
 from hyperadapter.data.schema import KINDS, ContextRecord, load_split
 from hyperadapter.evaluation import metrics
@@ -61,6 +61,9 @@ class EvalConfig:
     # conversation contexts and as the unrelated contexts of generated-unrelated; 0: whole histories.
     history_lines: int = 0
     history_replies: bool = False  # with history_lines: keep the assistant's reply after each kept message
+    # Documents cut to their first this many sentences (data.builders.short_document), asked only the
+    # questions they still answer: the short text a user may post; 0: whole paragraphs.
+    document_sentences: int = 0
     # Demonstrations relabelled (data.relabel.relabelled): only the tasks with one small label set, each
     # shown and asked with its labels swapped. An adapter that reads its demonstrations follows the swap.
     relabel: bool = False
@@ -91,8 +94,10 @@ def load_eval_config(path: str | Path, **overrides) -> EvalConfig:
 
 def eval_records(data_dir: Path, config: EvalConfig, kind: str) -> list[ContextRecord]:
     """The records a run scores for `kind` (`select`ed; chats cut to `history_lines` messages,
-    demonstrations relabelled with `relabel`)."""
+    documents to `document_sentences` sentences, demonstrations relabelled with `relabel`)."""
     records = load_split(data_dir, config.split, kind)
+    if kind == "document" and config.document_sentences > 0:
+        records = [short_document(r, config.document_sentences) for r in records]
     if kind == "conversation" and config.history_lines > 0:
         records = [short_history(r, config.history_lines, replies=config.history_replies) for r in records]
     if kind == "demonstrations" and config.relabel:
@@ -129,7 +134,7 @@ class Harness:
     def score_context(self, system: System, record: ContextRecord) -> dict:
         adapter = system.adapter(record)
         tok = self.base.tokenizer
-        scores, extra, prompt_tokens = [], {"em": [], "rouge_l": [], "f1": [], "yes_no": []}, []
+        scores, extra, prompt_tokens = [], {"em": [], "rouge_l": [], "f1": [], "yes_no": [], "looped": []}, []
         start = time.perf_counter()
         prompts = [system.prompt(record, q.input) for q in record.queries]
         if record.metric == "choice":
@@ -152,6 +157,7 @@ class Harness:
                 extra["rouge_l"].append(metrics.rouge_l(reply, q.answers))
                 extra["f1"].append(metrics.squad_f1(reply, q.answers))
                 extra["yes_no"].append(metrics.stray_yes_no(reply, q.answers))
+                extra["looped"].append(metrics.looped(reply))
                 if record.metric == "squad":
                     scores.append(extra["f1"][-1])
                 elif record.metric == "fact":
@@ -165,6 +171,7 @@ class Harness:
                 "metric": PRIMARY[record.metric], "score": 100 * sum(scores) / n,
                 "em": 100 * sum(extra["em"]) / n if extra["em"] else None,
                 "stray_yes_no": 100 * sum(extra["yes_no"]) / n if record.metric == "generation" else None,
+                "looped": 100 * sum(extra["looped"]) / n if extra["looped"] else None,
                 "queries": len(record.queries), "prompt_tokens": sum(prompt_tokens) / n,
                 "latency_ms": 1000 * seconds / n, "samples": extra.get("replies", [])}
 
@@ -200,6 +207,8 @@ def summarise(rows: list[dict], adapter_seconds: list[float]) -> dict:
             "em": mean([r["em"] for r in rows]),
             # generation tasks: % of replies a bare Yes/No where no reference is (metrics.stray_yes_no)
             "stray_yes_no": mean([r.get("stray_yes_no") for r in rows]),
+            # every decoded reply: % that loop (metrics.looped); None for multiple choice
+            "looped": mean([r.get("looped") for r in rows]),
             "prompt_tokens": mean([r["prompt_tokens"] for r in rows]),
             "latency_ms": mean([r["latency_ms"] for r in rows]),
             "adapter_ms": 1000 * mean(adapter_seconds) if adapter_seconds else None,

@@ -1,6 +1,7 @@
 """Answer metrics: SQuAD's normalisation, F1 and exact match; ROUGE-L (LCS F-measure on words);
-fact recall (the normalised answer appears in the normalised reply); and one diagnostic, a bare
-Yes/No reply where no reference is one (an adapter that turned a generation task into a yes/no one)."""
+fact recall (the normalised answer appears in the normalised reply); and two diagnostics, a bare
+Yes/No reply where no reference is one (an adapter that turned a generation task into a yes/no one)
+and a reply that loops (a run of words said three times in a row)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,19 @@ def stray_yes_no(prediction: str, answers: list[str]) -> float:
     """1.0 if the reply is a bare "yes" or "no" (after normalisation) and no reference answer is."""
     yes_no = {"yes", "no"}
     return float(normalize(prediction) in yes_no and not any(normalize(a) in yes_no for a in answers))
+
+
+_PIECE = re.compile(r"\w+|[^\w\s]")
+
+
+def looped(prediction: str, longest: int = 4, times: int = 3) -> float:
+    """1.0 if the reply runs into a loop: some run of 1..`longest` words (punctuation counts as a
+    word, case ignored) said `times` times in a row ("Mott Mott Mott", "very, very, very,", "stains on
+    stains on stains on"). The failure of adapters made from very short contexts; the base's greedy
+    replies rarely do it, a right answer almost never needs to."""
+    words = _PIECE.findall(prediction.lower())
+    for n in range(1, longest + 1):
+        for i in range(len(words) - times * n + 1):
+            if all(words[i + k * n:i + (k + 1) * n] == words[i:i + n] for k in range(1, times)):
+                return 1.0
+    return 0.0

@@ -25,15 +25,16 @@ def markdown(results: dict) -> str:
             r = per_kind.get(k)
             toks.append("—" if r is None or r["prompt_tokens"] is None else f"{r['prompt_tokens']:.0f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(toks) + " |")
-    detail = ["", "| system | kind | contexts | queries | by metric | EM | stray Yes/No % | latency ms/query | "
-                  "adapter ms/context |", "|---|---|---|---|---|---|---|---|---|"]
+    detail = ["", "| system | kind | contexts | queries | by metric | EM | stray Yes/No % | looped % | "
+                  "latency ms/query | adapter ms/context |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, per_kind in results["systems"].items():
         for k, r in per_kind.items():
             by = ", ".join(f"{m} {v:.1f}" for m, v in r["by_metric"].items() if v is not None)
             em = "—" if r["em"] is None else f"{r['em']:.1f}"
             am = "—" if r["adapter_ms"] is None else f"{r['adapter_ms']:.0f}"
             yn = "—" if r.get("stray_yes_no") is None else f"{r['stray_yes_no']:.1f}"  # absent in older results
-            detail.append(f"| {name} | {k} | {r['contexts']} | {r['queries']} | {by} | {em} | {yn} | "
+            lp = "—" if r.get("looped") is None else f"{r['looped']:.1f}"
+            detail.append(f"| {name} | {k} | {r['contexts']} | {r['queries']} | {by} | {em} | {yn} | {lp} | "
                           f"{r['latency_ms']:.0f} | {am} |")
     return "\n".join(lines + comparisons(results) + detail) + "\n"
 
