@@ -41,6 +41,7 @@ def _services(args, need_generator: bool = True):
 def cmd_generate(args) -> int:
     from hyperadapter.adapter import Adapter, AdapterError
     from hyperadapter.base import format_prompt
+    from hyperadapter.decoding import penalties
     from hyperadapter.runtime import GenerationParams
 
     if args.adapter and args.kind:
@@ -49,6 +50,10 @@ def cmd_generate(args) -> int:
         raise CLIError("--kind needs --text or --file (and the other way round)")
     if args.max_new_tokens < 1:
         raise CLIError("--max-new-tokens must be at least 1")
+    for name in ("frequency", "presence"):
+        value = getattr(args, f"{name}_penalty")
+        if value is not None and not -2.0 <= value <= 2.0:
+            raise CLIError(f"--{name}-penalty must be between -2 and 2, as OpenAI's")
     services = _services(args, need_generator=bool(args.kind))
     adapter = None
     if args.adapter:
@@ -62,8 +67,10 @@ def cmd_generate(args) -> int:
         result = services.adapter_for(args.kind, context, owner="local", reuse=not args.no_reuse)
         adapter = services.store.load(result.record.id)
     prompt = format_prompt(services.base, args.prompt, raw=args.raw)
+    frequency, presence = penalties(adapter, args.frequency_penalty, args.presence_penalty)
     params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_p=args.top_p, seed=args.seed, strip_leading=not args.raw)
+                              top_p=args.top_p, seed=args.seed, strip_leading=not args.raw,
+                              frequency_penalty=frequency, presence_penalty=presence)
     try:
         for piece in services.runtime.stream(prompt, adapter, params):
             sys.stdout.write(piece)
@@ -313,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int)
+    for name in ("frequency", "presence"):
+        g.add_argument(f"--{name}-penalty", type=float,
+                       help="OpenAI's penalty (default: the adapter kind's, hyperadapter.decoding; else 0)")
     g.add_argument("--raw", action="store_true", help="plain completion: no chat template")
     g.add_argument("--no-reuse", action="store_true")
     g.add_argument("--config")

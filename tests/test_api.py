@@ -127,6 +127,24 @@ def test_openai_client_chats_with_an_adapter_streams_and_counts(server, task_ada
     assert plain.count("The cat") > penalised.count("The cat")  # the client's penalty arrives
 
 
+def test_a_chat_adapter_gets_its_kinds_penalties_unless_the_request_sets_its_own(server):
+    from hyperadapter.decoding import PENALTIES
+    frequency, presence = PENALTIES["conversation"]
+    r = post(server, "/v1/users/carol/messages", {"messages": [{"role": "user", "content": "My cat is Pepper."}]})
+    assert r.status_code == 200, r.text
+    oa, loop = client(server), "The cat. The cat. The cat. The cat."
+
+    def complete(**penalties):
+        return oa.completions.create(model="user:carol", prompt=loop, max_tokens=12, temperature=0,
+                                     **penalties).choices[0].text
+    unset = complete()
+    assert unset == complete(frequency_penalty=frequency, presence_penalty=presence)
+    assert unset != complete(frequency_penalty=0.0, presence_penalty=0.0)  # an explicit 0 is honoured
+    base = [oa.completions.create(model="base", prompt=loop, max_tokens=12, temperature=0, **p).choices[0].text
+            for p in ({}, {"frequency_penalty": 0.0, "presence_penalty": 0.0})]
+    assert base[0] == base[1]  # the base has no kind: 0, as OpenAI's
+
+
 def test_inline_context_creates_and_applies_in_one_call(server):
     r = post(server, "/v1/chat/completions", {
         "model": "base", "messages": [{"role": "user", "content": "What is the answer?"}], "max_tokens": 8,

@@ -738,3 +738,9 @@ def test_adapter_inspect_cli_prints_one_json_line_and_refuses_an_empty_context(t
                  "--top", "3"]) == 0
     line = json.loads(capsys.readouterr().out.strip())
     assert len(line["top_copied_tokens"]) == 3 and 0.0 < line["slot_agreement"] <= 1.0
+
+
+def test_generate_cli_refuses_a_penalty_openai_would_refuse(capsys):
+    from hyperadapter.cli import main
+    assert main(["generate", "--prompt", "Hi", "--presence-penalty", "2.5"]) == 2
+    assert "--presence-penalty" in capsys.readouterr().err

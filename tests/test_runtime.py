@@ -132,3 +132,15 @@ def test_lead_space_opens_the_reply_with_a_space_led_token_and_only_the_first(ba
     space_led = runtime.space_led(base.model.config.vocab_size)
     assert bool(space_led[ids[0]]) and not bool(space_led[base.tokenizer.encode("The")[0]])
     assert bool(space_led[base.tokenizer.encode(" 1887")[0]])  # a lone space leads numbers
+
+
+def test_decoding_penalties_default_by_adapter_kind_and_yield_to_given_values():
+    from hyperadapter.adapter import Adapter
+    from hyperadapter.decoding import PENALTIES, penalties
+    chat = Adapter({}, 16.0, "m", {"kind": "conversation"})
+    assert penalties(chat) == PENALTIES["conversation"]
+    assert penalties(chat, 0.0, None) == (0.0, PENALTIES["conversation"][1])
+    assert penalties(chat, 0.0, 0.0) == (0.0, 0.0)
+    assert penalties(Adapter({}, 16.0, "m", {"kind": "task"})) == (0.0, 0.0)
+    assert penalties(Adapter({}, 16.0, "m")) == (0.0, 0.0)  # uploaded: no kind
+    assert penalties(None, None, 1.5) == (0.0, 1.5)

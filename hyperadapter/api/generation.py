@@ -19,6 +19,7 @@ from hyperadapter.api.errors import APIError, bad_request, not_found, unprocessa
 from hyperadapter.api.schemas import ChatCompletionRequest, CompletionRequest
 from hyperadapter.api.state import get_visible_record, json_body, state, tenant
 from hyperadapter.base import format_chat
+from hyperadapter.decoding import penalties
 from hyperadapter.runtime import GenerationParams
 
 bp = Blueprint("generation", __name__)
@@ -60,8 +61,9 @@ def _submit(prompt: str, body, kind: str):
     if len(ids) + max_tokens > context_window:
         raise bad_request(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceed the model's "
                           f"context of {context_window} tokens")
+    frequency, presence = penalties(adapter, body.frequency_penalty, body.presence_penalty)
     params = GenerationParams(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                              frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty,
+                              frequency_penalty=frequency, presence_penalty=presence,
                               seed=body.seed, stop=list(body.stop or []), ignore_eos=body.ignore_eos,
                               strip_leading=kind == "chat")
     try:
