@@ -144,3 +144,5 @@ def test_decoding_penalties_default_by_adapter_kind_and_yield_to_given_values():
     assert penalties(Adapter({}, 16.0, "m", {"kind": "task"})) == (0.0, 0.0)
     assert penalties(Adapter({}, 16.0, "m")) == (0.0, 0.0)  # uploaded: no kind
     assert penalties(None, None, 1.5) == (0.0, 1.5)
+    document = Adapter({}, 16.0, "m", {"kind": "document"})
+    assert penalties(document) == PENALTIES["document"] != PENALTIES["conversation"]
