@@ -141,7 +141,7 @@ def test_decoding_penalties_default_by_adapter_kind_and_yield_to_given_values():
     assert penalties(chat) == PENALTIES["conversation"]
     assert penalties(chat, 0.0, None) == (0.0, PENALTIES["conversation"][1])
     assert penalties(chat, 0.0, 0.0) == (0.0, 0.0)
-    assert penalties(Adapter({}, 16.0, "m", {"kind": "task"})) == (0.0, 0.0)
+    assert penalties(Adapter({}, 16.0, "m", {"kind": "task"})) == PENALTIES["task"]
     assert penalties(Adapter({}, 16.0, "m")) == (0.0, 0.0)  # uploaded: no kind
     assert penalties(None, None, 1.5) == (0.0, 1.5)
     document = Adapter({}, 16.0, "m", {"kind": "document"})
