@@ -174,3 +174,26 @@ def test_recipe_refuses_empty_or_zero_short_history_lengths_and_a_reply_share_ab
         path.write_text(bad + "\n")
         with pytest.raises(ValueError, match=message):
             load_recipe(path)
+
+
+def test_sampler_cuts_a_share_of_documents_to_their_first_sentences():
+    doc = ContextRecord("d1", "document", "article", "fixture",
+                        "Varnholm lies on the Esk. Its mayor is Ann Bell. In 1887 a bridge was built.", "squad",
+                        [Query("Which river?", ["Esk"]), Query("Who is mayor?", ["Ann Bell"])],
+                        support=[Query("When was the bridge built?", ["1887"])])
+    sampler = ExampleSampler({"document": [doc]}, {"document": 1.0}, seed=4, selfsup_share=0.0,
+                             short_document_share=0.5, short_document_sentences=(1, 2))
+    examples = sampler.sample(200, 1)
+    short = [e for e in examples if "#first" in e.context_key]
+    assert 60 < len(short) < 140  # about half
+    assert {e.context_key for e in short} == {"d1#first1", "d1#first2"}
+    for e in short:
+        assert doc.context.startswith(e.context) and len(e.context) < len(doc.context)
+        assert e.target in e.context  # asked only what the cut still says: never the bridge's year
+    assert all(e.context == doc.context for e in examples if e not in short)
+    # a cut that keeps no question of the document is not used: the whole one is
+    unanswered = ContextRecord("d2", "document", "article", "fixture", "A preface. Its mayor is Ann Bell.", "squad",
+                               [Query("Who is mayor?", ["Ann Bell"])])
+    only_first = ExampleSampler({"document": [unanswered]}, {"document": 1.0}, selfsup_share=0.0,
+                                short_document_share=1.0, short_document_sentences=(1,))
+    assert {e.context_key for e in only_first.sample(20, 1)} == {"d2"}

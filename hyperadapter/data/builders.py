@@ -235,16 +235,19 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
 
 
 def short_document(record: ContextRecord, sentences: int) -> ContextRecord:
-    """A document cut to its first `sentences` sentences, asked only the questions one of whose
-    answers is still in it word for word: the short text a user may post. Its id is the record's
+    """A document cut to its first `sentences` sentences, asked only the questions (and given only
+    the support examples) one of whose answers is still in it word for word: the short text a user may post. Its id is the record's
     with `#first<sentences>`, so features and adapters made from it are cached apart."""
     if record.kind != "document":
         raise ValueError(f"short_document takes a document, not a {record.kind}")
     if sentences < 1:
         raise ValueError("short_document keeps at least one sentence")
     kept = " ".join(_SENTENCE_END.split(record.context.strip())[:sentences])
+
+    def answered(queries: list[Query]) -> list[Query]:
+        return [q for q in queries if any(a and a in kept for a in q.answers)]
     return dataclasses.replace(record, id=f"{record.id}#first{sentences}", context=kept,
-                               queries=[q for q in record.queries if any(a and a in kept for a in q.answers)])
+                               queries=answered(record.queries), support=answered(record.support))
 
 
 def conversations(tasks_dir: Path, split_of_group, users_per_dialogue: dict[str, int], seed: int = 0,

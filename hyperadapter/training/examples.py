@@ -17,7 +17,7 @@ labels tell the right answer; such a context is contrasted with the same demonst
 and the other way round. With `remap_symbols` the labels become unrelated words instead (symbol
 tuning), contrasted with the same words assigned the other way round. A chat can be cut to one or a
 few of its messages, with or without the assistant's replies (`short_history_share`): new users
-bring that little. Locality queries (another task's query under this context's adapter) can come
+bring that little. So can a document, to its first sentences (`short_document_share`). Locality queries (another task's query under this context's adapter) can come
 from a fixed pool whose generation queries carry the base's own reply as the answer
 (training.locality).
 """
@@ -29,7 +29,8 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from hyperadapter.data.builders import DEMOS, format_demonstrations, short_examples, short_history, split_sentences
+from hyperadapter.data.builders import (DEMOS, format_demonstrations, short_document, short_examples, short_history,
+                                        split_sentences)
 from hyperadapter.data.relabel import derangement, label_set, swap_labels, symbol_mapping
 from hyperadapter.data.schema import KINDS, ContextRecord, Query
 
@@ -71,7 +72,8 @@ class ExampleSampler:
                  synthetic: dict[str, list[ContextRecord]] | None = None, synthetic_share: float = 0.0,
                  short_history_share: float = 0.0, locality_pool: list[tuple[str, Query]] | None = None,
                  short_history_lines: Sequence[int] = (1, 2), short_history_replies: float = 0.0,
-                 remap_share: float = 0.0, remap_symbols: bool = False):
+                 remap_share: float = 0.0, remap_symbols: bool = False, short_document_share: float = 0.0,
+                 short_document_sentences: Sequence[int] = (1, 2, 3)):
         self.records = {k: v for k, v in records.items() if v and kind_weights.get(k, 0) > 0}
         # generated tasks (data.synthetic) per kind, drawn instead of a real record with synthetic_share
         self.synthetic = {k: v for k, v in (synthetic or {}).items() if v and k in self.records}
@@ -93,6 +95,8 @@ class ExampleSampler:
         self.short_history_share = short_history_share
         self.short_history_lines = tuple(short_history_lines)
         self.short_history_replies = short_history_replies
+        self.short_document_share = short_document_share
+        self.short_document_sentences = tuple(short_document_sentences)
         self.locality_pool = locality_pool or []  # (task id, query); empty: any query of any other task
         # demonstrations whose queries share one small label set: their labels can be swapped
         self.labels = {r.id: labels for r in self.records.get("demonstrations", [])
@@ -107,6 +111,9 @@ class ExampleSampler:
             record = self.rng.choice(self._pool(kind, synthetic=self._draw_synthetic(kind)))
             if kind == "conversation" and self.short_history_share > 0 and self.rng.random() < self.short_history_share:
                 record = self._short(record)
+            # no draw without the share: earlier recipes' batches stay what they were
+            if kind == "document" and self.short_document_share > 0 and self.rng.random() < self.short_document_share:
+                record = self._short_document(record)
             if kind == "demonstrations" and self.remap_share > 0 and self.rng.random() < self.remap_share:
                 record = self.rng.choice(self.relabellable)
                 examples = self._demonstrations(record, queries_per_context, remap=True)
@@ -120,6 +127,11 @@ class ExampleSampler:
         # no draw without replies: earlier recipes' batches stay what they were
         replies = self.short_history_replies > 0 and self.rng.random() < self.short_history_replies
         return short_history(record, lines, variant, replies=replies)
+
+    def _short_document(self, record: ContextRecord) -> ContextRecord:
+        """The document cut to its first few sentences; whole if the cut keeps none of its questions."""
+        cut = short_document(record, self.rng.choice(self.short_document_sentences))
+        return cut if cut.queries or cut.support else record
 
     def _draw_synthetic(self, kind: str) -> bool:
         # no draw without synthetic tasks: earlier recipes' batches stay what they were

@@ -156,6 +156,8 @@ class Trainer:
                                       short_history_share=recipe.short_history_share,
                                       short_history_lines=recipe.short_history_lines,
                                       short_history_replies=recipe.short_history_replies,
+                                      short_document_share=recipe.short_document_share,
+                                      short_document_sentences=recipe.short_document_sentences,
                                       remap_share=recipe.remap_share, remap_symbols=recipe.remap_symbols,
                                       locality_pool=self._locality_pool(train.get("task") or []))
         val = {k: load_split(data_dir, "validation", k) for k in train}

@@ -117,6 +117,11 @@ class Recipe:
     # Share of those cuts that keep the assistant's reply after each kept message, as real short
     # chats do. (Stage 19 trained on such cuts; alone they did not mend short chats: model card.)
     short_history_replies: float = 0.0
+    # Share of documents cut to their first few sentences (data.builders.short_document), drawn evenly
+    # from short_document_sentences, with the questions the cut still answers. Trained on whole
+    # paragraphs only, a one-sentence document's adapter looped (15% of replies, model card).
+    short_document_share: float = 0.0
+    short_document_sentences: list[int] = field(default_factory=lambda: [1, 2, 3])
     # generator architecture (GeneratorConfig fields)
     generator: dict = field(default_factory=dict)
     init_from: str = ""  # start from an existing generator checkpoint
@@ -149,6 +154,10 @@ def load_recipe(path: str | Path, **overrides) -> Recipe:
     recipe = Recipe(**raw)
     if not recipe.short_history_lines or min(recipe.short_history_lines) < 1:
         raise ValueError(f"recipe {path}: short_history_lines must list message counts of at least 1")
+    if not recipe.short_document_sentences or min(recipe.short_document_sentences) < 1:
+        raise ValueError(f"recipe {path}: short_document_sentences must list sentence counts of at least 1")
+    if not 0.0 <= recipe.short_document_share <= 1.0:
+        raise ValueError(f"recipe {path}: short_document_share is a share, between 0 and 1")
     if not 0.0 <= recipe.remap_share <= 1.0:
         raise ValueError(f"recipe {path}: remap_share is a share, between 0 and 1")
     if not 0.0 <= recipe.short_history_replies <= 1.0:
