@@ -17,6 +17,7 @@ It writes "sentence adapters summed (<weight>, <group>)", and with `--wrong` the
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from pathlib import Path
@@ -50,7 +51,6 @@ def common_adapter(generator: Generator, documents: list[str], group: int, rank:
 
 
 def main() -> None:
-    import argparse
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help='an eval config with kinds = ["document"]')
     parser.add_argument("--out", type=Path, required=True)
