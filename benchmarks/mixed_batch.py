@@ -1,6 +1,8 @@
 """Decode throughput with 16 prompts and 16 distinct adapters, measured side by side in one run:
 
   ours (mixed batch)       one batch, every row its own adapter (runtime hooks, batched matmuls)
+  ours, with penalties     the same, each row with the frequency and presence penalties the service
+                           gives a generated document's adapter by default (hyperadapter.decoding)
   peft sequential          one request at a time, `set_adapter` before each
   peft mixed batch         one batch with peft's `adapter_names=[...]`
   base alone               the same batch with no adapter (the ceiling)
@@ -12,6 +14,7 @@ Run: .venv/bin/python benchmarks/mixed_batch.py [--prompts 16] [--tokens 64]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -24,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hyperadapter.adapter import Adapter  # noqa: E402
 from hyperadapter.base import format_prompt, load_base, resolve_model_path  # noqa: E402
 from hyperadapter.config import load_settings  # noqa: E402
+from hyperadapter.decoding import PENALTIES  # noqa: E402
 from hyperadapter.runtime import GenerationParams, LoraRuntime  # noqa: E402
 
 MODULES = ("q_proj", "v_proj", "down_proj")
@@ -58,6 +62,12 @@ def main() -> None:
     t = time.perf_counter()
     runtime.generate(prompts, adapters, params)
     results["ours (mixed batch)"] = time.perf_counter() - t
+
+    frequency, presence = PENALTIES["document"]
+    t = time.perf_counter()
+    runtime.generate(prompts, adapters, dataclasses.replace(params, frequency_penalty=frequency,
+                                                            presence_penalty=presence))
+    results["ours, with penalties (document's)"] = time.perf_counter() - t
 
     t = time.perf_counter()
     runtime.generate(prompts, None, params)
