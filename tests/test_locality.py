@@ -165,12 +165,15 @@ def test_eval_cli_refuses_a_negative_history_length(tmp_path, capsys):
     assert "--history-replies needs --history-lines" in capsys.readouterr().err
 
 
-def test_recipe_refuses_empty_or_zero_short_history_lengths_and_a_reply_share_above_one(tmp_path):
+def test_recipe_refuses_empty_or_zero_short_cut_lengths_and_shares_above_one(tmp_path):
     from hyperadapter.training.recipe import load_recipe
     path = tmp_path / "r.toml"
     for bad, message in (("short_history_lines = []", "short_history_lines"),
                          ("short_history_lines = [0, 2]", "short_history_lines"),
-                         ("short_history_replies = 1.5", "short_history_replies")):
+                         ("short_history_replies = 1.5", "short_history_replies"),
+                         ("short_document_sentences = []", "short_document_sentences"),
+                         ("short_document_sentences = [1, 0]", "short_document_sentences"),
+                         ("short_document_share = 1.5", "short_document_share")):
         path.write_text(bad + "\n")
         with pytest.raises(ValueError, match=message):
             load_recipe(path)

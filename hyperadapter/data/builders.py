@@ -235,9 +235,10 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
 
 
 def short_document(record: ContextRecord, sentences: int) -> ContextRecord:
-    """A document cut to its first `sentences` sentences, asked only the questions (and given only
-    the support examples) one of whose answers is still in it word for word: the short text a user may post. Its id is the record's
-    with `#first<sentences>`, so features and adapters made from it are cached apart."""
+    """A document cut to its first `sentences` sentences, asked only the questions (and given only the
+    support examples) one of whose answers is still in it word for word: the short text a user may
+    post. Its id is the record's with `#first<sentences>`, so features and adapters made from it are
+    cached apart."""
     if record.kind != "document":
         raise ValueError(f"short_document takes a document, not a {record.kind}")
     if sentences < 1:

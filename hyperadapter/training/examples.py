@@ -17,9 +17,9 @@ labels tell the right answer; such a context is contrasted with the same demonst
 and the other way round. With `remap_symbols` the labels become unrelated words instead (symbol
 tuning), contrasted with the same words assigned the other way round. A chat can be cut to one or a
 few of its messages, with or without the assistant's replies (`short_history_share`): new users
-bring that little. So can a document, to its first sentences (`short_document_share`). Locality queries (another task's query under this context's adapter) can come
-from a fixed pool whose generation queries carry the base's own reply as the answer
-(training.locality).
+bring that little. A document can be cut to its first sentences (`short_document_share`). Locality
+queries (another task's query under this context's adapter) can come from a fixed pool whose
+generation queries carry the base's own reply as the answer (training.locality).
 """
 
 from __future__ import annotations

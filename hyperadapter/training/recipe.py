@@ -119,7 +119,8 @@ class Recipe:
     short_history_replies: float = 0.0
     # Share of documents cut to their first few sentences (data.builders.short_document), drawn evenly
     # from short_document_sentences, with the questions the cut still answers. Trained on whole
-    # paragraphs only, a one-sentence document's adapter looped (15% of replies, model card).
+    # paragraphs only, a one-sentence document's adapter looped (15% of replies); stage 44 trained on
+    # such cuts and they did not mend it (model card).
     short_document_share: float = 0.0
     short_document_sentences: list[int] = field(default_factory=lambda: [1, 2, 3])
     # generator architecture (GeneratorConfig fields)
