@@ -1,0 +1,106 @@
+"""A document as one adapter per sentence, and each question answered with the adapter of the sentence nearest
+to it (no training).
+
+Why: diagnostic 8 found that one sentence's adapter holds that sentence better (F1 15.3 on its own questions,
+validation, served penalties) than a paragraph's adapter holds the paragraph (8.3), but that sentence adapters
+do not add up: summed they break the model, averaged they are worth the paragraph's adapter. So pick one instead
+of adding: the question's sentence embedding (the packaged encoder) against each sentence's, and the nearest
+sentence's adapter answers. A question then costs one sentence-encoder pass, no context in its prompt.
+Each question is decoded on its own (its adapter is its own); a context's row holds its questions' mean, under
+the paragraph's id, so `hyperadapter compare` pairs it with the paragraph's own adapter in another run.
+  python diagnostics/routed_sentences.py --config configs/eval_validation_documents_routed.toml \\
+      --out results/validation-documents-routed [--threads 1]
+It writes "routed sentence adapters", and the same routed among another paragraph's sentences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pair_memory import parsed  # noqa: E402
+from torch.nn.functional import normalize  # noqa: E402
+from sentence_adapters import pieces  # noqa: E402
+
+from hyperadapter.adapter import Adapter  # noqa: E402
+from hyperadapter.data.schema import ContextRecord  # noqa: E402
+from hyperadapter.embedding import SentenceEncoder  # noqa: E402
+from hyperadapter.evaluation import report  # noqa: E402
+from hyperadapter.evaluation.harness import Harness  # noqa: E402
+from hyperadapter.evaluation.names import WRONG_SUFFIX  # noqa: E402
+from hyperadapter.evaluation.systems import System  # noqa: E402
+from hyperadapter.generator import Generator  # noqa: E402
+from hyperadapter.runtime import LoraRuntime  # noqa: E402
+
+
+class RoutedSentences(System):
+    """Per question (a record holding one query): the adapter of the document's sentence nearest to it."""
+
+    kinds = ("document",)
+
+    def __init__(self, base, generator: Generator, wrong: bool = False):
+        super().__init__(base)
+        self.generator, self.wrong = generator, wrong
+        self.name = "routed sentence adapters" + (WRONG_SUFFIX if wrong else "")
+        self.partner: dict[str, str] = {}  # document id -> the document whose sentences it routes among
+        self.contexts: dict[str, str] = {}
+        self.made: dict[str, tuple[list[Adapter], object]] = {}  # document id -> (adapters, sentence vectors)
+
+    def prepare(self, records: list[ContextRecord]) -> None:
+        ids = list(dict.fromkeys(r.id for r in records))
+        self.contexts = {r.id: r.context for r in records}
+        n = len(ids)
+        self.partner = {d: ids[(i + max(1, n // 2)) % n] if self.wrong and n > 1 else d for i, d in enumerate(ids)}
+
+    def _sentences(self, doc: str) -> tuple[list[Adapter], object]:
+        if doc not in self.made:
+            parts = pieces(self.contexts[doc], 1)
+            vectors = normalize(self.generator.sentence_encoder.encode(parts).float(), dim=-1)
+            # one document at a time: its questions come one after another
+            self.made = {doc: (self.generator.generate_many([("document", p) for p in parts]), vectors)}
+        return self.made[doc]
+
+    def adapter(self, record: ContextRecord) -> Adapter:
+        adapters, vectors = self._sentences(self.partner[record.id])
+        question = normalize(self.generator.sentence_encoder.encode([record.queries[0].input]).float(), dim=-1)[0]
+        return adapters[int((vectors @ question).argmax())]
+
+
+class PerQueryHarness(Harness):
+    """Scores each query of a context as a context of its own, then folds them back into the context's row."""
+
+    def score_context(self, system, record: ContextRecord) -> dict:
+        rows = [super(PerQueryHarness, self).score_context(system, dataclasses.replace(record, queries=[q]))
+                for q in record.queries]
+        n = len(rows)
+
+        def mean(key):
+            values = [r[key] for r in rows if r[key] is not None]
+            return sum(values) / len(values) if values else None
+        return {**rows[0], "score": mean("score"), "em": mean("em"), "looped": mean("looped"),
+                "stray_yes_no": mean("stray_yes_no"), "queries": n, "prompt_tokens": mean("prompt_tokens"),
+                "latency_ms": mean("latency_ms"), "samples": [s for r in rows for s in r["samples"]][:3]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help='an eval config with kinds = ["document"]')
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--generator", default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    args, config, settings, base = parsed(parser)
+    generator = Generator.from_pretrained(args.generator or config.generator or settings.generator, base,
+                                          SentenceEncoder(), int8=True)
+    data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
+    systems = [RoutedSentences(base, generator), RoutedSentences(base, generator, wrong=True)]
+    PerQueryHarness(base, LoraRuntime(base), config, data_dir).run(
+        systems, on_score=lambda partial: report.write(partial, args.out))
+
+
+if __name__ == "__main__":
+    main()
