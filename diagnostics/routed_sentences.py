@@ -9,7 +9,7 @@ sentence's adapter answers. A question then costs one sentence-encoder pass, no 
 Each question is decoded on its own (its adapter is its own); a context's row holds its questions' mean, under
 the paragraph's id, so `hyperadapter compare` pairs it with the paragraph's own adapter in another run.
   python diagnostics/routed_sentences.py --config configs/eval_validation_documents_routed.toml \\
-      --out results/validation-documents-routed [--threads 1]
+      --out results/validation-documents-routed [--which both|right|wrong] [--threads 1]
 It writes "routed sentence adapters", and the same routed among another paragraph's sentences.
 """
 
@@ -92,12 +92,15 @@ def main() -> None:
     parser.add_argument("--config", required=True, help='an eval config with kinds = ["document"]')
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--generator", default=None)
+    parser.add_argument("--which", choices=("both", "right", "wrong"), default="both",
+                        help="score only one of the two systems (two processes at one thread each)")
     parser.add_argument("--threads", type=int, default=2)
     args, config, settings, base = parsed(parser)
     generator = Generator.from_pretrained(args.generator or config.generator or settings.generator, base,
                                           SentenceEncoder(), int8=True)
     data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
-    systems = [RoutedSentences(base, generator), RoutedSentences(base, generator, wrong=True)]
+    systems = [RoutedSentences(base, generator, wrong=wrong) for wrong in (False, True)
+               if args.which == "both" or (args.which == "wrong") == wrong]
     PerQueryHarness(base, LoraRuntime(base), config, data_dir).run(
         systems, on_score=lambda partial: report.write(partial, args.out))
 
