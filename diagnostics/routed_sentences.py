@@ -9,7 +9,7 @@ sentence's adapter answers. A question then costs one sentence-encoder pass, no 
 Each question is decoded on its own (its adapter is its own); a context's row holds its questions' mean, under
 the paragraph's id, so `hyperadapter compare` pairs it with the paragraph's own adapter in another run.
   python diagnostics/routed_sentences.py --config configs/eval_validation_documents_routed.toml \\
-      --out results/validation-documents-routed [--which both|right|wrong] [--threads 1]
+      --out results/validation-documents-routed [--which both|right|wrong] [--threads 1] [--routing]
 It writes "routed sentence adapters", and the same routed among another paragraph's sentences.
 """
 
@@ -31,7 +31,7 @@ from hyperadapter.adapter import Adapter  # noqa: E402
 from hyperadapter.data.schema import ContextRecord  # noqa: E402
 from hyperadapter.embedding import SentenceEncoder  # noqa: E402
 from hyperadapter.evaluation import report  # noqa: E402
-from hyperadapter.evaluation.harness import Harness  # noqa: E402
+from hyperadapter.evaluation.harness import Harness, eval_records  # noqa: E402
 from hyperadapter.evaluation.names import WRONG_SUFFIX  # noqa: E402
 from hyperadapter.evaluation.systems import System  # noqa: E402
 from hyperadapter.generator import Generator  # noqa: E402
@@ -71,6 +71,23 @@ class RoutedSentences(System):
         return adapters[int((vectors @ question).argmax())]
 
 
+def routing(encoder: SentenceEncoder, records: list[ContextRecord]) -> dict[str, float]:
+    """How often the sentence nearest to a question holds one of its answers (questions whose answer some
+    sentence holds), and chance: the share of the paragraph's sentences that hold it."""
+    hits = chance = n = 0
+    for r in records:
+        parts = pieces(r.context, 1)
+        vectors = normalize(encoder.encode(parts).float(), dim=-1)
+        for q in r.queries:
+            holders = [i for i, p in enumerate(parts) if any(a and a in p for a in q.answers)]
+            if holders:
+                question = normalize(encoder.encode([q.input]).float(), dim=-1)[0]
+                hits += int((vectors @ question).argmax()) in holders
+                chance += len(holders) / len(parts)
+                n += 1
+    return {"questions": n, "nearest holds the answer": hits / max(n, 1), "chance": chance / max(n, 1)}
+
+
 class PerQueryHarness(Harness):
     """Scores each query of a context as a context of its own, then folds them back into the context's row."""
 
@@ -90,15 +107,23 @@ class PerQueryHarness(Harness):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help='an eval config with kinds = ["document"]')
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="where the results go (not with --routing)")
     parser.add_argument("--generator", default=None)
     parser.add_argument("--which", choices=("both", "right", "wrong"), default="both",
                         help="score only one of the two systems (two processes at one thread each)")
+    parser.add_argument("--routing", action="store_true",
+                        help="only print how often the nearest sentence holds the question's answer")
     parser.add_argument("--threads", type=int, default=2)
     args, config, settings, base = parsed(parser)
+    data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
+    if args.routing:
+        found = routing(SentenceEncoder(), eval_records(data_dir, config, "document"))
+        print({k: round(v, 3) for k, v in found.items()})
+        return
+    if args.out is None:
+        parser.error("--out is needed to score")
     generator = Generator.from_pretrained(args.generator or config.generator or settings.generator, base,
                                           SentenceEncoder(), int8=True)
-    data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
     systems = [RoutedSentences(base, generator, wrong=wrong) for wrong in (False, True)
                if args.which == "both" or (args.which == "wrong") == wrong]
     PerQueryHarness(base, LoraRuntime(base), config, data_dir).run(
