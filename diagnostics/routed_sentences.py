@@ -9,7 +9,7 @@ sentence's adapter answers. A question then costs one sentence-encoder pass, no 
 Each question is decoded on its own (its adapter is its own); a context's row holds its questions' mean, under
 the paragraph's id, so `hyperadapter compare` pairs it with the paragraph's own adapter in another run.
   python diagnostics/routed_sentences.py --config configs/eval_validation_documents_routed.toml \\
-      --out results/validation-documents-routed [--which both|right|wrong] [--threads 1] [--routing]
+      --out results/validation-documents-routed [--which both|right|wrong] [--threads 1] [--routing] [--group 2]
 It writes "routed sentence adapters", and the same routed among another paragraph's sentences.
 """
 
@@ -43,10 +43,11 @@ class RoutedSentences(System):
 
     kinds = ("document",)
 
-    def __init__(self, base, generator: Generator, wrong: bool = False):
+    def __init__(self, base, generator: Generator, wrong: bool = False, group: int = 1):
         super().__init__(base)
-        self.generator, self.wrong = generator, wrong
-        self.name = "routed sentence adapters" + (WRONG_SUFFIX if wrong else "")
+        self.generator, self.wrong, self.group = generator, wrong, group
+        self.name = "routed sentence adapters" + (f" ({group} sentences each)" if group > 1 else "") + (
+            WRONG_SUFFIX if wrong else "")
         self.partner: dict[str, str] = {}  # document id -> the document whose sentences it routes among
         self.contexts: dict[str, str] = {}
         self.made: dict[str, tuple[list[Adapter], object]] = {}  # document id -> (adapters, sentence vectors)
@@ -59,7 +60,7 @@ class RoutedSentences(System):
 
     def _sentences(self, doc: str) -> tuple[list[Adapter], object]:
         if doc not in self.made:
-            parts = pieces(self.contexts[doc], 1)
+            parts = pieces(self.contexts[doc], self.group)
             vectors = normalize(self.generator.sentence_encoder.encode(parts).float(), dim=-1)
             # one document at a time: its questions come one after another
             self.made = {doc: (self.generator.generate_many([("document", p) for p in parts]), vectors)}
@@ -71,12 +72,12 @@ class RoutedSentences(System):
         return adapters[int((vectors @ question).argmax())]
 
 
-def routing(encoder: SentenceEncoder, records: list[ContextRecord]) -> dict[str, float]:
+def routing(encoder: SentenceEncoder, records: list[ContextRecord], group: int = 1) -> dict[str, float]:
     """How often the sentence nearest to a question holds one of its answers (questions whose answer some
     sentence holds), and chance: the share of the paragraph's sentences that hold it."""
     hits = chance = n = 0
     for r in records:
-        parts = pieces(r.context, 1)
+        parts = pieces(r.context, group)
         vectors = normalize(encoder.encode(parts).float(), dim=-1)
         for q in r.queries:
             holders = [i for i, p in enumerate(parts) if any(a and a in p for a in q.answers)]
@@ -111,20 +112,21 @@ def main() -> None:
     parser.add_argument("--generator", default=None)
     parser.add_argument("--which", choices=("both", "right", "wrong"), default="both",
                         help="score only one of the two systems (two processes at one thread each)")
+    parser.add_argument("--group", type=int, default=1, help="sentences per adapter")
     parser.add_argument("--routing", action="store_true",
                         help="only print how often the nearest sentence holds the question's answer")
     parser.add_argument("--threads", type=int, default=2)
     args, config, settings, base = parsed(parser)
     data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
     if args.routing:
-        found = routing(SentenceEncoder(), eval_records(data_dir, config, "document"))
+        found = routing(SentenceEncoder(), eval_records(data_dir, config, "document"), args.group)
         print({k: round(v, 3) for k, v in found.items()})
         return
     if args.out is None:
         parser.error("--out is needed to score")
     generator = Generator.from_pretrained(args.generator or config.generator or settings.generator, base,
                                           SentenceEncoder(), int8=True)
-    systems = [RoutedSentences(base, generator, wrong=wrong) for wrong in (False, True)
+    systems = [RoutedSentences(base, generator, wrong=wrong, group=args.group) for wrong in (False, True)
                if args.which == "both" or (args.which == "wrong") == wrong]
     PerQueryHarness(base, LoraRuntime(base), config, data_dir).run(
         systems, on_score=lambda partial: report.write(partial, args.out))
