@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pair_memory import parsed  # noqa: E402
+from torch import Tensor  # noqa: E402
 from torch.nn.functional import normalize  # noqa: E402
 from sentence_adapters import pieces  # noqa: E402
 
@@ -50,7 +51,7 @@ class RoutedSentences(System):
             WRONG_SUFFIX if wrong else "")
         self.partner: dict[str, str] = {}  # document id -> the document whose sentences it routes among
         self.contexts: dict[str, str] = {}
-        self.made: dict[str, tuple[list[Adapter], object]] = {}  # document id -> (adapters, sentence vectors)
+        self.made: dict[str, tuple[list[Adapter], Tensor]] = {}  # document id -> (adapters, sentence vectors)
 
     def prepare(self, records: list[ContextRecord]) -> None:
         ids = list(dict.fromkeys(r.id for r in records))
@@ -58,7 +59,7 @@ class RoutedSentences(System):
         n = len(ids)
         self.partner = {d: ids[(i + max(1, n // 2)) % n] if self.wrong and n > 1 else d for i, d in enumerate(ids)}
 
-    def _sentences(self, doc: str) -> tuple[list[Adapter], object]:
+    def _sentences(self, doc: str) -> tuple[list[Adapter], Tensor]:
         if doc not in self.made:
             parts = pieces(self.contexts[doc], self.group)
             vectors = normalize(self.generator.sentence_encoder.encode(parts).float(), dim=-1)
