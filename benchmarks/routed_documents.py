@@ -1,0 +1,88 @@
+"""What routed sentence adapters cost beside one adapter per document (model card, diagnostic 10).
+
+A routed document is one generated adapter per sentence plus each sentence's embedding; a question is answered with
+the adapter of the sentence nearest to it. Measured side by side in one run on this machine, with the shipped
+generator served as the service serves it (int8 where the CPU has no fast bf16):
+  - time to make a paragraph's adapter(s): one adapter for the whole paragraph, against its sentences' adapters
+    (one batched generator call) and their sentence embeddings; the same for a ~2,000-token document;
+  - bytes of the adapters (float16, as stored);
+  - per question: the routing (the question's embedding and the nearest sentence), which the one-adapter form
+    does not pay.
+Run: .venv/bin/python benchmarks/routed_documents.py [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.functional import normalize
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "diagnostics"))
+
+from generate_latency import long_document, timed  # noqa: E402
+from sentence_adapters import pieces  # noqa: E402
+
+from hyperadapter.base import load_base  # noqa: E402
+from hyperadapter.config import load_settings  # noqa: E402
+from hyperadapter.data.schema import load_split  # noqa: E402
+from hyperadapter.embedding import SentenceEncoder  # noqa: E402
+from hyperadapter.generator import Generator  # noqa: E402
+
+
+def p50(xs: list[float]) -> float:
+    return 1000 * statistics.median(xs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--long-runs", type=int, default=3)
+    args = ap.parse_args()
+    settings = load_settings()
+    base = load_base(settings.base_model, settings.models_dir)
+    encoder = SentenceEncoder()
+    generator = Generator.from_pretrained(settings.generator, base, encoder, int8=True)
+    records = load_split(settings.prepared_data_dir, "test", "document")[:args.runs + 1]
+    paragraphs = [r.context for r in records]
+    questions = [q.input for r in records for q in r.queries][:args.runs + 1]
+
+    def routed(text: str) -> tuple[list, torch.Tensor]:
+        parts = pieces(text, 1)
+        return generator.generate_many([("document", p) for p in parts]), normalize(encoder.encode(parts).float(), dim=-1)
+
+    # a new text every run: the sentence encoder keeps what it has embedded
+    one, many = timed([lambda i: generator.generate_adapter(paragraphs[i], "document"),
+                       lambda i: routed(paragraphs[i])], args.runs)
+    sentences = statistics.mean(len(pieces(p, 1)) for p in paragraphs)
+    adapter_bytes = generator.generate_adapter(paragraphs[0], "document").nbytes
+    routed_bytes = statistics.mean(sum(a.nbytes for a in routed(p)[0]) for p in paragraphs[:5])
+
+    document = long_document(settings, base.tokenizer)
+    long_one, long_many = timed([lambda i: generator.generate_adapter(f"{i} {document}", "document"),
+                                 lambda i: routed(f"{i} {document}")], args.long_runs)
+    long_parts = len(pieces(document, 1))
+
+    vectors = routed(paragraphs[0])[1]
+    route = timed([lambda i: int((vectors @ normalize(encoder.encode([questions[i]]).float(), dim=-1)[0]).argmax())],
+                  args.runs)[0]
+
+    print(f"\nshipped generator ({generator.precision}), torch threads {torch.get_num_threads()}; p50 ms\n")
+    print(f"{'':44} {'one adapter':>12} {'routed':>12} {'routed / one':>13}")
+    print(f"{'paragraph (%.1f sentences), make' % sentences:44} {p50(one):12.1f} {p50(many):12.1f} "
+          f"{p50(many) / p50(one):13.1f}")
+    print(f"{'2,000-token document (%d sentences), make' % long_parts:44} {p50(long_one):12.1f} {p50(long_many):12.1f} "
+          f"{p50(long_many) / p50(long_one):13.1f}")
+    print(f"{'paragraph, MB as float16':44} {adapter_bytes / 1e6:12.2f} {routed_bytes / 1e6:12.2f} "
+          f"{routed_bytes / adapter_bytes:13.1f}")
+    print(f"{'per question, routing':44} {0.0:12.1f} {p50(route):12.1f}")
+
+
+if __name__ == "__main__":
+    main()
