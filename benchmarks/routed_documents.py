@@ -19,20 +19,18 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.nn.functional import normalize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "diagnostics"))
 
 from generate_latency import long_document, timed  # noqa: E402
-from sentence_adapters import pieces  # noqa: E402
 
 from hyperadapter.base import load_base  # noqa: E402
 from hyperadapter.config import load_settings  # noqa: E402
 from hyperadapter.data.schema import load_split  # noqa: E402
 from hyperadapter.embedding import SentenceEncoder  # noqa: E402
 from hyperadapter.generator import Generator  # noqa: E402
+from hyperadapter.generator.routed import route, routed_document, sentence_groups  # noqa: E402
 
 
 def p50(xs: list[float]) -> float:
@@ -52,26 +50,21 @@ def main() -> None:
     paragraphs = [r.context for r in records]
     questions = [q.input for r in records for q in r.queries][:args.runs + 1]
 
-    def routed(text: str) -> tuple[list, torch.Tensor]:
-        parts = pieces(text, 1)
-        vectors = normalize(encoder.encode(parts).float(), dim=-1)
-        return generator.generate_many([("document", p) for p in parts]), vectors
-
     # a new text every run: the sentence encoder keeps what it has embedded
     one, many = timed([lambda i: generator.generate_adapter(paragraphs[i], "document"),
-                       lambda i: routed(paragraphs[i])], args.runs)
-    sentences = statistics.mean(len(pieces(p, 1)) for p in paragraphs[1:])  # the timed ones
+                       lambda i: routed_document(generator, paragraphs[i])], args.runs)
+    sentences = statistics.mean(len(sentence_groups(p)) for p in paragraphs[1:])  # the timed ones
     adapter_bytes = generator.generate_adapter(paragraphs[0], "document").nbytes
-    routed_bytes = statistics.mean(sum(a.nbytes for a in routed(p)[0]) for p in paragraphs[1:])
+    routed_bytes = statistics.mean(sum(a.nbytes for a in routed_document(generator, p).adapters)
+                                   for p in paragraphs[1:])
 
     document = long_document(settings, base.tokenizer)
     long_one, long_many = timed([lambda i: generator.generate_adapter(f"{i} {document}", "document"),
-                                 lambda i: routed(f"{i} {document}")], args.long_runs)
-    long_parts = len(pieces(document, 1))
+                                 lambda i: routed_document(generator, f"{i} {document}")], args.long_runs)
+    long_parts = len(sentence_groups(document))
 
-    vectors = routed(paragraphs[0])[1]
-    route = timed([lambda i: int((vectors @ normalize(encoder.encode([questions[i]]).float(), dim=-1)[0]).argmax())],
-                  args.runs)[0]
+    made = routed_document(generator, paragraphs[0])
+    routing = timed([lambda i: route(generator, made, questions[i])], args.runs)[0]
 
     print(f"\nshipped generator ({generator.precision}), torch threads {torch.get_num_threads()}; p50 ms\n")
     print(f"{'':44} {'one adapter':>12} {'routed':>12} {'routed / one':>13}")
@@ -81,7 +74,7 @@ def main() -> None:
           f"{p50(long_many) / p50(long_one):13.1f}")
     print(f"{'paragraph, MB as float16':44} {adapter_bytes / 1e6:12.2f} {routed_bytes / 1e6:12.2f} "
           f"{routed_bytes / adapter_bytes:13.1f}")
-    print(f"{'per question, routing':44} {0.0:12.1f} {p50(route):12.1f}")
+    print(f"{'per question, routing':44} {0.0:12.1f} {p50(routing):12.1f}")
 
 
 if __name__ == "__main__":

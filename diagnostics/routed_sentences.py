@@ -24,9 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pair_memory import parsed  # noqa: E402
-from torch import Tensor  # noqa: E402
 from torch.nn.functional import normalize  # noqa: E402
-from sentence_adapters import pieces  # noqa: E402
 
 from hyperadapter.adapter import Adapter  # noqa: E402
 from hyperadapter.data.schema import ContextRecord  # noqa: E402
@@ -36,6 +34,7 @@ from hyperadapter.evaluation.harness import Harness, eval_records  # noqa: E402
 from hyperadapter.evaluation.names import WRONG_SUFFIX  # noqa: E402
 from hyperadapter.evaluation.systems import System  # noqa: E402
 from hyperadapter.generator import Generator  # noqa: E402
+from hyperadapter.generator.routed import RoutedDocument, route, routed_document, sentence_groups  # noqa: E402
 from hyperadapter.runtime import LoraRuntime  # noqa: E402
 
 
@@ -51,7 +50,7 @@ class RoutedSentences(System):
             WRONG_SUFFIX if wrong else "")
         self.partner: dict[str, str] = {}  # document id -> the document whose sentences it routes among
         self.contexts: dict[str, str] = {}
-        self.made: dict[str, tuple[list[Adapter], Tensor]] = {}  # document id -> (adapters, sentence vectors)
+        self.made: dict[str, RoutedDocument] = {}
 
     def prepare(self, records: list[ContextRecord]) -> None:
         ids = list(dict.fromkeys(r.id for r in records))
@@ -59,18 +58,11 @@ class RoutedSentences(System):
         n = len(ids)
         self.partner = {d: ids[(i + max(1, n // 2)) % n] if self.wrong and n > 1 else d for i, d in enumerate(ids)}
 
-    def _sentences(self, doc: str) -> tuple[list[Adapter], Tensor]:
-        if doc not in self.made:
-            parts = pieces(self.contexts[doc], self.group)
-            vectors = normalize(self.generator.sentence_encoder.encode(parts).float(), dim=-1)
-            # one document at a time: its questions come one after another
-            self.made = {doc: (self.generator.generate_many([("document", p) for p in parts]), vectors)}
-        return self.made[doc]
-
     def adapter(self, record: ContextRecord) -> Adapter:
-        adapters, vectors = self._sentences(self.partner[record.id])
-        question = normalize(self.generator.sentence_encoder.encode([record.queries[0].input]).float(), dim=-1)[0]
-        return adapters[int((vectors @ question).argmax())]
+        doc = self.partner[record.id]
+        if doc not in self.made:  # one document at a time: its questions come one after another
+            self.made = {doc: routed_document(self.generator, self.contexts[doc], self.group)}
+        return route(self.generator, self.made[doc], record.queries[0].input)
 
 
 def routing(encoder: SentenceEncoder, records: list[ContextRecord], group: int = 1) -> dict[str, float]:
@@ -78,7 +70,7 @@ def routing(encoder: SentenceEncoder, records: list[ContextRecord], group: int =
     sentence holds), and chance: the share of the paragraph's sentences that hold it."""
     hits = chance = n = 0
     for r in records:
-        parts = pieces(r.context, group)
+        parts = sentence_groups(r.context, group)
         vectors = normalize(encoder.encode(parts).float(), dim=-1)
         for q in r.queries:
             holders = [i for i, p in enumerate(parts) if any(a and a in p for a in q.answers)]

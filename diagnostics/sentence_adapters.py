@@ -28,18 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pair_memory import parsed, run_harness  # noqa: E402
 
 from hyperadapter.adapter import Adapter  # noqa: E402
-from hyperadapter.data.builders import split_sentences  # noqa: E402
 from hyperadapter.data.schema import load_split  # noqa: E402
 from hyperadapter.embedding import SentenceEncoder  # noqa: E402
 from hyperadapter.evaluation.systems import AdapterSystem  # noqa: E402
 from hyperadapter.generator import Generator  # noqa: E402
+from hyperadapter.generator.routed import sentence_groups as pieces  # noqa: E402
 
 WEIGHTS = {"one": lambda n: 1.0, "mean": lambda n: 1.0 / n, "sqrt": lambda n: 1.0 / math.sqrt(n)}
-
-
-def pieces(document: str, group: int) -> list[str]:
-    sentences = [s for s in split_sentences(document) if s.strip()]
-    return [" ".join(sentences[i:i + group]) for i in range(0, len(sentences), group)] or [document]
 
 
 def common_adapter(generator: Generator, documents: list[str], group: int, rank: int) -> Adapter:
