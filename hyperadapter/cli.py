@@ -50,6 +50,8 @@ def cmd_generate(args) -> int:
         raise CLIError("--kind needs --text or --file (and the other way round)")
     if args.max_new_tokens < 1:
         raise CLIError("--max-new-tokens must be at least 1")
+    if args.route_sentences and args.kind != "document":
+        raise CLIError("--route-sentences needs --kind document")
     for name in ("frequency", "presence"):
         value = getattr(args, f"{name}_penalty")
         if value is not None and not -2.0 <= value <= 2.0:
@@ -62,6 +64,13 @@ def cmd_generate(args) -> int:
             adapter = Adapter.load(path) if path.is_dir() else services.store.load(args.adapter)
         except (AdapterError, KeyError) as exc:
             raise CLIError(f"--adapter {args.adapter}: {exc}") from exc
+    elif args.route_sentences:
+        from hyperadapter.generator import GeneratorError
+        from hyperadapter.generator.routed import route, routed_document
+        try:
+            adapter = route(services.generator, routed_document(services.generator, _read_text(args)), args.prompt)
+        except GeneratorError as exc:
+            raise CLIError(str(exc)) from exc
     elif args.kind:
         context = _read_text(args)
         result = services.adapter_for(args.kind, context, owner="local", reuse=not args.no_reuse)
@@ -325,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="OpenAI's penalty (default: the adapter kind's, hyperadapter.decoding; else 0)")
     g.add_argument("--raw", action="store_true", help="plain completion: no chat template")
     g.add_argument("--no-reuse", action="store_true")
+    g.add_argument("--route-sentences", action="store_true",
+                   help="with --kind document: an adapter per sentence, made on the fly (not stored or cached), "
+                        "and the prompt answered with the one of the sentence nearest to it (model card, "
+                        "diagnostic 10: F1 10.9 against 8.9 on the test paragraphs)")
     g.add_argument("--config")
     g.set_defaults(func=cmd_generate)
 

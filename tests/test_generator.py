@@ -744,3 +744,38 @@ def test_generate_cli_refuses_a_penalty_openai_would_refuse(capsys):
     from hyperadapter.cli import main
     assert main(["generate", "--prompt", "Hi", "--presence-penalty", "2.5"]) == 2
     assert "--presence-penalty" in capsys.readouterr().err
+
+
+def test_routed_document_answers_each_question_with_its_nearest_sentences_adapter(base, sentence_encoder):
+    from hyperadapter.generator.routed import route, routed_document, sentence_groups
+    from hyperadapter.config import DEFAULT_GENERATOR
+    generator = Generator.from_pretrained(DEFAULT_GENERATOR, base, sentence_encoder)
+    text = ("The Kessel mill at Drau was rebuilt in 1923 by the carpenter Ida Wren. "
+            "The town's football club plays in green shirts. Its bakery sells rye bread every morning.")
+    document = routed_document(generator, text)
+    assert document.pieces == sentence_groups(text) and len(document.pieces) == 3
+    assert len(document.adapters) == 3 and document.vectors.shape[0] == 3
+    assert all(a.metadata["kind"] == "document" for a in document.adapters)
+    assert torch.allclose(document.vectors.norm(dim=-1), torch.ones(3), atol=1e-5)
+    # each sentence's adapter is its own (made from that sentence alone, as generate_adapter makes it)
+    alone = generator.generate_adapter(document.pieces[1], "document")
+    assert worst_relative_difference(document.adapters[1], alone) < 0.02
+    assert worst_relative_difference(document.adapters[0], alone) > 0.1
+    assert route(generator, document, "Who rebuilt the mill?") is document.adapters[0]
+    assert route(generator, document, "What colour are the football club's shirts?") is document.adapters[1]
+    assert route(generator, document, "What does the bakery sell?") is document.adapters[2]
+    assert sentence_groups(text, 2) == [" ".join(document.pieces[:2]), document.pieces[2]]
+    with pytest.raises(GeneratorError, match="empty"):
+        routed_document(generator, "   ")
+
+
+def test_generate_cli_routes_a_document_by_sentence_and_refuses_it_for_other_kinds(capsys):
+    from hyperadapter.cli import main
+    assert main(["generate", "--kind", "task", "--text", "Say hi.", "--prompt", "Hi", "--route-sentences"]) == 2
+    assert "--route-sentences needs --kind document" in capsys.readouterr().err
+    assert main(["generate", "--kind", "document", "--text", "   ", "--prompt", "Hi", "--route-sentences"]) == 2
+    assert "empty" in capsys.readouterr().err
+    text = "The Kessel mill at Drau was rebuilt in 1923 by the carpenter Ida Wren. Its bakery sells rye bread."
+    assert main(["generate", "--kind", "document", "--text", text, "--prompt", "Who rebuilt the mill?",
+                 "--route-sentences", "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out.strip()
