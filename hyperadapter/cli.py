@@ -41,7 +41,7 @@ def _services(args, need_generator: bool = True):
 def cmd_generate(args) -> int:
     from hyperadapter.adapter import Adapter, AdapterError
     from hyperadapter.base import format_prompt
-    from hyperadapter.decoding import penalties
+    from hyperadapter.decoding import PENALTY_LIMIT, penalties
     from hyperadapter.runtime import GenerationParams
 
     if args.adapter and args.kind:
@@ -54,8 +54,8 @@ def cmd_generate(args) -> int:
         raise CLIError("--route-sentences needs --kind document")
     for name in ("frequency", "presence"):
         value = getattr(args, f"{name}_penalty")
-        if value is not None and not -2.0 <= value <= 2.0:
-            raise CLIError(f"--{name}-penalty must be between -2 and 2, as OpenAI's")
+        if value is not None and not -PENALTY_LIMIT <= value <= PENALTY_LIMIT:
+            raise CLIError(f"--{name}-penalty must be between -{PENALTY_LIMIT:g} and {PENALTY_LIMIT:g}, as OpenAI's")
     services = _services(args, need_generator=bool(args.kind))
     adapter = None
     if args.adapter:

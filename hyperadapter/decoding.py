@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from hyperadapter.adapter import Adapter
 
+# OpenAI's bound on either penalty: the API's schema and the CLI refuse values beyond +-PENALTY_LIMIT
+PENALTY_LIMIT = 2.0
 # kind -> (frequency_penalty, presence_penalty)
 PENALTIES: dict[str, tuple[float, float]] = {"conversation": (0.5, 1.0), "document": (1.0, 2.0),
                                               "task": (0.5, 1.0), "demonstrations": (0.5, 1.0)}
