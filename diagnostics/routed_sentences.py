@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pair_memory import parsed  # noqa: E402
-from torch.nn.functional import normalize  # noqa: E402
 
 from hyperadapter.adapter import Adapter  # noqa: E402
 from hyperadapter.data.schema import ContextRecord  # noqa: E402
@@ -34,7 +33,8 @@ from hyperadapter.evaluation.harness import Harness, eval_records  # noqa: E402
 from hyperadapter.evaluation.names import WRONG_SUFFIX  # noqa: E402
 from hyperadapter.evaluation.systems import System  # noqa: E402
 from hyperadapter.generator import Generator  # noqa: E402
-from hyperadapter.generator.routed import RoutedDocument, route, routed_document, sentence_groups  # noqa: E402
+from hyperadapter.generator.routed import (RoutedDocument, route, routed_document, sentence_groups,  # noqa: E402
+                                           unit_embeddings)
 from hyperadapter.runtime import LoraRuntime  # noqa: E402
 
 
@@ -71,11 +71,11 @@ def routing(encoder: SentenceEncoder, records: list[ContextRecord], group: int =
     hits = chance = n = 0
     for r in records:
         parts = sentence_groups(r.context, group)
-        vectors = normalize(encoder.encode(parts).float(), dim=-1)
+        vectors = unit_embeddings(encoder, parts)
         for q in r.queries:
             holders = [i for i, p in enumerate(parts) if any(a and a in p for a in q.answers)]
             if holders:
-                question = normalize(encoder.encode([q.input]).float(), dim=-1)[0]
+                question = unit_embeddings(encoder, [q.input])[0]
                 hits += int((vectors @ question).argmax()) in holders
                 chance += len(holders) / len(parts)
                 n += 1

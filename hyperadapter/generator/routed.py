@@ -13,6 +13,7 @@ from torch.nn.functional import normalize
 
 from hyperadapter.adapter import Adapter
 from hyperadapter.data.builders import split_sentences
+from hyperadapter.embedding import SentenceEncoder
 from hyperadapter.generator.model import Generator, GeneratorError
 
 
@@ -20,6 +21,11 @@ def sentence_groups(text: str, group: int = 1) -> list[str]:
     """`text`'s sentences, `group` to a piece (the whole text if it has no sentence break)."""
     sentences = [s for s in split_sentences(text) if s.strip()]
     return [" ".join(sentences[i:i + group]) for i in range(0, len(sentences), group)] or [text]
+
+
+def unit_embeddings(encoder: SentenceEncoder, texts: list[str]) -> Tensor:
+    """[texts, dim]: the sentence embeddings of `texts`, each of norm 1 (their dot is the cosine)."""
+    return normalize(encoder.encode(texts).float(), dim=-1)
 
 
 @dataclass
@@ -40,11 +46,10 @@ def routed_document(generator: Generator, text: str, group: int = 1) -> RoutedDo
     if not text.strip():
         raise GeneratorError("context is empty")
     pieces = sentence_groups(text, group)
-    vectors = normalize(generator.sentence_encoder.encode(pieces).float(), dim=-1)
+    vectors = unit_embeddings(generator.sentence_encoder, pieces)
     return RoutedDocument(pieces, generator.generate_many([("document", p) for p in pieces]), vectors)
 
 
 def route(generator: Generator, document: RoutedDocument, question: str) -> Adapter:
     """The adapter of the piece of `document` nearest to `question`."""
-    vector = normalize(generator.sentence_encoder.encode([question]).float(), dim=-1)[0]
-    return document.adapters[document.nearest(vector)]
+    return document.adapters[document.nearest(unit_embeddings(generator.sentence_encoder, [question])[0])]
