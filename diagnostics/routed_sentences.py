@@ -9,7 +9,8 @@ sentence's adapter answers. A question then costs one sentence-encoder pass, no 
 Each question is decoded on its own (its adapter is its own); a context's row holds its questions' mean, under
 the paragraph's id, so `hyperadapter compare` pairs it with the paragraph's own adapter in another run.
   python diagnostics/routed_sentences.py --config configs/eval_validation_documents_routed.toml \\
-      --out results/validation-documents-routed [--which both|right|wrong] [--threads 1] [--routing] [--group 2]
+      --out results/validation-documents-routed [--which both|right|wrong] [--threads 1] [--routing] [--group 2] \\
+      [--rank 4]
 It writes "routed sentence adapters", and the same routed among another paragraph's sentences.
 """
 
@@ -43,11 +44,11 @@ class RoutedSentences(System):
 
     kinds = ("document",)
 
-    def __init__(self, base, generator: Generator, wrong: bool = False, group: int = 1):
+    def __init__(self, base, generator: Generator, wrong: bool = False, group: int = 1, rank: int | None = None):
         super().__init__(base)
-        self.generator, self.wrong, self.group = generator, wrong, group
+        self.generator, self.wrong, self.group, self.rank = generator, wrong, group, rank
         self.name = "routed sentence adapters" + (f" ({group} sentences each)" if group > 1 else "") + (
-            WRONG_SUFFIX if wrong else "")
+            f" (rank {rank})" if rank else "") + (WRONG_SUFFIX if wrong else "")
         self.partner: dict[str, str] = {}  # document id -> the document whose sentences it routes among
         self.contexts: dict[str, str] = {}
         self.made: dict[str, RoutedDocument] = {}
@@ -61,7 +62,7 @@ class RoutedSentences(System):
     def adapter(self, record: ContextRecord) -> Adapter:
         doc = self.partner[record.id]
         if doc not in self.made:  # one document at a time: its questions come one after another
-            self.made = {doc: routed_document(self.generator, self.contexts[doc], self.group)}
+            self.made = {doc: routed_document(self.generator, self.contexts[doc], self.group, self.rank)}
         return route(self.generator, self.made[doc], record.queries[0].input)
 
 
@@ -106,6 +107,7 @@ def main() -> None:
     parser.add_argument("--which", choices=("both", "right", "wrong"), default="both",
                         help="score only one of the two systems (two processes at one thread each)")
     parser.add_argument("--group", type=int, default=1, help="sentences per adapter")
+    parser.add_argument("--rank", type=int, default=None, help="compress each sentence's adapter to this rank")
     parser.add_argument("--routing", action="store_true",
                         help="only print how often the nearest sentence holds the question's answer")
     parser.add_argument("--threads", type=int, default=2)
@@ -119,8 +121,8 @@ def main() -> None:
         parser.error("--out is needed to score")
     generator = Generator.from_pretrained(args.generator or config.generator or settings.generator, base,
                                           SentenceEncoder(), int8=True)
-    systems = [RoutedSentences(base, generator, wrong=wrong, group=args.group) for wrong in (False, True)
-               if args.which == "both" or (args.which == "wrong") == wrong]
+    systems = [RoutedSentences(base, generator, wrong=wrong, group=args.group, rank=args.rank)
+               for wrong in (False, True) if args.which == "both" or (args.which == "wrong") == wrong]
     PerQueryHarness(base, LoraRuntime(base), config, data_dir).run(
         systems, on_score=lambda partial: report.write(partial, args.out))
 

@@ -39,15 +39,19 @@ class RoutedDocument:
         return int((self.vectors @ question).argmax())
 
 
-def routed_document(generator: Generator, text: str, group: int = 1) -> RoutedDocument:
-    """Each piece's document adapter (one batched generator call) and sentence embedding."""
+def routed_document(generator: Generator, text: str, group: int = 1, rank: int | None = None) -> RoutedDocument:
+    """Each piece's document adapter (one batched generator call) and sentence embedding; with `rank`, each
+    adapter compressed to that rank (the best approximation of its update, Adapter.compressed)."""
     if generator.sentence_encoder is None:
         raise GeneratorError("routing needs the generator's sentence encoder")
     if not text.strip():
         raise GeneratorError("context is empty")
     pieces = sentence_groups(text, group)
     vectors = unit_embeddings(generator.sentence_encoder, pieces)
-    return RoutedDocument(pieces, generator.generate_many([("document", p) for p in pieces]), vectors)
+    adapters = generator.generate_many([("document", p) for p in pieces])
+    if rank is not None:
+        adapters = [a.compressed(rank) for a in adapters]
+    return RoutedDocument(pieces, adapters, vectors)
 
 
 def route(generator: Generator, document: RoutedDocument, question: str) -> Adapter:
