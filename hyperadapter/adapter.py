@@ -4,6 +4,9 @@ A module's update is `delta_W = scaling * B @ A` with `A [r, in]`, `B [out, r]`,
 On disk an adapter is a PEFT folder (`adapter_config.json` + `adapter_model.safetensors` with keys
 `base_model.model.<module path>.lora_A.weight` / `lora_B.weight`), so `peft`, vLLM and LoRAX read what
 we write and we read what `peft` trains. Our own metadata rides in the safetensors header.
+A document's adapter may also carry `Routes`: one adapter per sentence with the sentence's embedding, so that a
+question is answered with the adapter of its nearest sentence (model card, diagnostic 10). They ride in a third
+file, `adapter_routes.safetensors`, which `peft`, vLLM and LoRAX ignore: they apply the one adapter.
 Adapters are never pickled: safetensors only.
 """
 
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -27,6 +31,7 @@ from hyperadapter.durable import fsync_path, swap_in_dir
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+ROUTES_NAME = "adapter_routes.safetensors"
 PEFT_PREFIX = "base_model.model."
 MAX_RANK = 256
 _KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<name>[^.]+))?\.weight$")
@@ -44,6 +49,7 @@ class Adapter:
     alpha: float
     base_model: str
     metadata: dict[str, str] = field(default_factory=dict)
+    routes: "Routes | None" = None  # a document's sentence adapters, picked per question
 
     @property
     def rank(self) -> int:
@@ -59,7 +65,8 @@ class Adapter:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in self.weights.values())
+        own = sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in self.weights.values())
+        return own + (self.routes.nbytes if self.routes is not None else 0)
 
     def delta_weight(self, module: str) -> Tensor:
         a, b = self.weights[module]
@@ -132,6 +139,8 @@ class Adapter:
             save_file(tensors, tmp / WEIGHTS_NAME,
                       metadata={"format": "pt", "hyperadapter": json.dumps(self.metadata, sort_keys=True)})
             (tmp / CONFIG_NAME).write_text(json.dumps(self.peft_config(), indent=2))
+            if self.routes is not None:
+                self.routes.save(tmp / ROUTES_NAME)
             for f in tmp.iterdir():
                 fsync_path(f)
             swap_in_dir(tmp, directory)
@@ -162,7 +171,6 @@ class Adapter:
             raise AdapterError(f"{directory}: LoRA bias={config['bias']!r} is not supported")
         try:
             tensors = load_file(weights_path)
-            from safetensors import safe_open
             with safe_open(weights_path, "pt") as f:
                 header = f.metadata() or {}
         except Exception as exc:  # safetensors raises several types for a damaged file
@@ -195,8 +203,10 @@ class Adapter:
             # our scaling is alpha0 / rank for every module; fold any difference into B (same update)
             factor = scale / (alpha0 / rank)
             weights[module] = (a, b if factor == 1.0 else b * factor)
-        return cls(weights=weights, alpha=alpha0, base_model=config.get("base_model_name_or_path") or "",
-                   metadata=metadata)
+        base_model = config.get("base_model_name_or_path") or ""
+        routes_path = directory / ROUTES_NAME
+        routes = Routes.load(routes_path, base_model) if routes_path.is_file() else None
+        return cls(weights=weights, alpha=alpha0, base_model=base_model, metadata=metadata, routes=routes)
 
     # ---------------------------------------------------------------- arithmetic
     @staticmethod
@@ -245,7 +255,79 @@ class Adapter:
 
     def to(self, dtype: torch.dtype) -> "Adapter":
         return Adapter({m: (a.to(dtype), b.to(dtype)) for m, (a, b) in self.weights.items()},
-                       self.alpha, self.base_model, dict(self.metadata))
+                       self.alpha, self.base_model, dict(self.metadata), self.routes)
+
+
+@dataclass
+class Routes:
+    """A document's sentence adapters (one per sentence, or per group of sentences), each with its sentence's
+    unit embedding. A question is answered with the adapter of the sentence nearest to it; they are picked,
+    never added (summed or averaged they are no better than the document's one adapter, diagnostic 8)."""
+
+    adapters: list[Adapter]  # the same modules, rank and alpha
+    vectors: Tensor  # [adapters, dim]: each sentence's unit embedding
+
+    def __post_init__(self):
+        if not self.adapters or self.vectors.dim() != 2 or self.vectors.shape[0] != len(self.adapters):
+            raise AdapterError(f"routes need one sentence vector per adapter, got {len(self.adapters)} adapters "
+                               f"and vectors of shape {tuple(self.vectors.shape)}")
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.adapters) + self.vectors.numel() * self.vectors.element_size()
+
+    def nearest(self, question: Tensor) -> tuple[int, float]:
+        """(index, cosine) of the sentence nearest to a question's unit embedding."""
+        if question.shape != self.vectors.shape[1:]:
+            raise AdapterError(f"a question embedding of shape {tuple(question.shape)} cannot be routed among "
+                               f"sentence vectors of dimension {self.vectors.shape[1]}")
+        cosines = self.vectors @ question.to(self.vectors.dtype)
+        best = int(cosines.argmax())
+        return best, float(cosines[best])
+
+    def save(self, path: Path) -> None:
+        """One safetensors file: per module the adapters' factors stacked ([adapters, r, in] and
+        [adapters, out, r]), then the vectors; alpha in the header."""
+        first = self.adapters[0]
+        tensors = {f"{module}.lora_{ab}": torch.stack([a.weights[module][i] for a in self.adapters]).contiguous()
+                   for module in sorted(first.weights) for i, ab in enumerate("AB")}
+        tensors["vectors"] = self.vectors.float().contiguous()
+        save_file(tensors, path, metadata={"format": "pt", "lora_alpha": str(first.alpha)})
+
+    @staticmethod
+    def count(directory: str | os.PathLike) -> int:
+        """How many routes an adapter folder holds (0 without a routes file), read from the header alone."""
+        path = Path(directory) / ROUTES_NAME
+        if not path.is_file():
+            return 0
+        try:
+            with safe_open(path, "pt") as f:
+                return f.get_slice("vectors").get_shape()[0]
+        except Exception as exc:
+            raise AdapterError(f"{path}: cannot read sentence routes ({exc})") from exc
+
+    @classmethod
+    def load(cls, path: Path, base_model: str) -> "Routes":
+        try:
+            tensors = load_file(path)
+            with safe_open(path, "pt") as f:
+                alpha = float((f.metadata() or {})["lora_alpha"])
+        except Exception as exc:  # safetensors raises several types for a damaged file
+            raise AdapterError(f"{path}: cannot read sentence routes ({exc})") from exc
+        vectors = tensors.pop("vectors", None)
+        if vectors is None:
+            raise AdapterError(f"{path}: no sentence vectors")
+        stacked: dict[str, dict[str, Tensor]] = {}
+        for key, tensor in tensors.items():
+            module, _, ab = key.rpartition(".lora_")
+            if ab not in ("A", "B") or tensor.dim() != 3 or tensor.shape[0] != vectors.shape[0]:
+                raise AdapterError(f"{path}: unexpected tensor {key!r} of shape {tuple(tensor.shape)}")
+            stacked.setdefault(module, {})[ab] = tensor
+        if not stacked or any(set(ab) != {"A", "B"} for ab in stacked.values()):
+            raise AdapterError(f"{path}: every module needs both lora_A and lora_B")
+        adapters = [Adapter({m: (ab["A"][i], ab["B"][i]) for m, ab in stacked.items()}, alpha, base_model)
+                    for i in range(vectors.shape[0])]
+        return cls(adapters, vectors)
 
 
 def _pattern_value(pattern: Mapping[str, float], module: str, default: float) -> float:

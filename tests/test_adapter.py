@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from hyperadapter.adapter import Adapter, AdapterError
+from hyperadapter.adapter import ROUTES_NAME, Adapter, AdapterError, Routes
 from tests.conftest import make_adapter
 
 
@@ -19,6 +19,49 @@ def test_save_load_roundtrip_is_exact(base, tmp_path):
         assert torch.equal(loaded.weights[name][0], a) and torch.equal(loaded.weights[name][1], b)
     config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 8 and config["lora_alpha"] == 16.0
+
+
+def _with_routes(base, n: int = 3) -> Adapter:
+    adapter = make_adapter(base, 0)
+    parts = [make_adapter(base, 10 + i, rank=4, alpha=4.0).to(torch.float16) for i in range(n)]
+    adapter.routes = Routes(parts, torch.nn.functional.normalize(torch.randn(n, 384), dim=-1))
+    return adapter
+
+
+def test_routes_travel_beside_the_peft_files_and_load_back_exactly(base, tmp_path):
+    adapter = _with_routes(base)
+    adapter.save(tmp_path / "a")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                                  ROUTES_NAME]
+    loaded = Adapter.load(tmp_path / "a")
+    assert Routes.count(tmp_path / "a") == 3 and Routes.count(tmp_path) == 0
+    assert torch.equal(loaded.routes.vectors, adapter.routes.vectors)
+    for mine, back in zip(adapter.routes.adapters, loaded.routes.adapters):
+        assert back.alpha == 4.0 and back.rank == 4 and back.base_model == base.model_id
+        for name, (a, b) in mine.weights.items():
+            assert torch.equal(back.weights[name][0], a) and torch.equal(back.weights[name][1], b)
+        back.validate(base.linear_shapes(), base_model=base.model_id)
+    assert loaded.nbytes == adapter.nbytes > make_adapter(base, 0).nbytes
+    # the nearest sentence is the one whose vector the question lies closest to
+    question = torch.nn.functional.normalize(adapter.routes.vectors[2] + 0.1 * adapter.routes.vectors[0], dim=0)
+    index, cosine = loaded.routes.nearest(question)
+    assert index == 2 and 0.9 < cosine < 1.0
+    with pytest.raises(AdapterError, match="dimension 384"):
+        loaded.routes.nearest(torch.ones(768))
+    # one adapter without routes writes no routes file (and a save replaces an old one's)
+    make_adapter(base, 1).save(tmp_path / "a")
+    assert not (tmp_path / "a" / ROUTES_NAME).exists() and Adapter.load(tmp_path / "a").routes is None
+
+
+def test_broken_routes_are_refused_with_their_reason(base, tmp_path):
+    with pytest.raises(AdapterError, match="one sentence vector per adapter"):
+        Routes([make_adapter(base, 1)], torch.zeros(2, 384))
+    _with_routes(base).save(tmp_path / "a")
+    (tmp_path / "a" / ROUTES_NAME).write_bytes(b"garbage")
+    with pytest.raises(AdapterError, match="cannot read sentence routes"):
+        Adapter.load(tmp_path / "a")
+    with pytest.raises(AdapterError, match="cannot read sentence routes"):
+        Routes.count(tmp_path / "a")
 
 
 def test_save_replaces_atomically_and_leaves_no_temp(base, tmp_path):

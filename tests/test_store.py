@@ -88,6 +88,22 @@ def test_put_load_roundtrip_real_shapes_and_reopen(tmp_path):
         assert store.integrity_check() == []
 
 
+def test_a_documents_routes_are_stored_counted_and_loaded_with_it(tmp_path):
+    from hyperadapter.adapter import Routes
+    adapter = real_shaped_adapter(0)
+    adapter.routes = Routes([small_adapter(1), small_adapter(2)], torch.eye(2, 384))
+    with AdapterStore(tmp_path) as store:
+        plain = store.put(real_shaped_adapter(0), kind="document", owner="t", context_hash="h0", key=key(0))
+        rec = store.put(adapter, kind="document", owner="t", context_hash="h1", key=key(1))
+        assert rec.nbytes > plain.nbytes + adapter.routes.nbytes * 0.99 and Routes.count(rec.path) == 2
+    with AdapterStore(tmp_path) as store:
+        loaded = store.load(rec.id)
+        assert loaded.metadata["context_hash"] == "h1" and torch.equal(loaded.routes.vectors, torch.eye(2, 384))
+        for got, made in zip(loaded.routes.adapters, adapter.routes.adapters):
+            assert all(torch.equal(got.weights[m][1], made.weights[m][1]) for m in made.weights)
+        assert store.load(plain.id).routes is None and store.integrity_check() == []
+
+
 def test_find_exact_returns_newest_and_touch_counts(tmp_path):
     with AdapterStore(tmp_path) as store:
         a = store.put(small_adapter(1), kind="task", owner="t", context_hash="same", key=key(1))

@@ -304,7 +304,7 @@ class AdapterStore:
             raise ValueError(f"metadata must be JSON-serialisable ({exc})") from exc
         tagged = Adapter(adapter.weights, adapter.alpha, adapter.base_model,
                          {**adapter.metadata, "id": adapter_id, "kind": kind, "owner": owner,
-                          "context_hash": context_hash})
+                          "context_hash": context_hash}, adapter.routes)
         staging = self.staging_dir / f"{os.getpid()}-{uuid.uuid4().hex}"
         try:
             tagged.save(staging)  # the slow part (write + fsync), outside the lock
