@@ -1,11 +1,12 @@
 """What routed sentence adapters cost beside one adapter per document (model card, diagnostic 10).
 
-A routed document is one generated adapter per sentence plus each sentence's embedding; a question is answered with
-the adapter of the sentence nearest to it. Measured side by side in one run on this machine, with the shipped
-generator served as the service serves it (int8 where the CPU has no fast bf16):
-  - time to make a paragraph's adapter(s): one adapter for the whole paragraph, against its sentences' adapters
-    (one batched generator call) and their sentence embeddings; the same for a ~2,000-token document;
-  - bytes of the adapters (float16, as stored);
+A routed document is its one adapter plus one adapter per sentence with each sentence's embedding (the service's
+form, `generate_with_routes`, with the settings' rank and cap on routes); a question is answered with the adapter
+of the sentence nearest to it. Measured side by side in one run on this machine, with the shipped generator
+served as the service serves it (int8 where the CPU has no fast bf16):
+  - time to make a paragraph's adapter: one adapter for the whole paragraph, against it with its routes (one
+    batched generator call, the sentence embeddings, the compression); the same for a ~2,000-token document;
+  - bytes of the adapter (float16, as stored), with its routes;
   - per question: the routing (the question's embedding and the nearest sentence), which the one-adapter form
     does not pay.
 Run: .venv/bin/python benchmarks/routed_documents.py [--runs 20]
@@ -30,7 +31,7 @@ from hyperadapter.config import load_settings  # noqa: E402
 from hyperadapter.data.schema import load_split  # noqa: E402
 from hyperadapter.embedding import SentenceEncoder  # noqa: E402
 from hyperadapter.generator import Generator  # noqa: E402
-from hyperadapter.generator.routed import route, routed_document, sentence_groups  # noqa: E402
+from hyperadapter.generator.routed import generate_with_routes, pieces_for, route  # noqa: E402
 
 
 def p50(xs: list[float]) -> float:
@@ -50,29 +51,33 @@ def main() -> None:
     paragraphs = [r.context for r in records]
     questions = [q.input for r in records for q in r.queries][:args.runs + 1]
 
+    def routed(text: str):
+        return generate_with_routes(generator, [("document", text)], rank=settings.document_route_rank,
+                                    max_routes=settings.document_max_routes)[0]
+
     # a new text every run: the sentence encoder keeps what it has embedded
     one, many = timed([lambda i: generator.generate_adapter(paragraphs[i], "document"),
-                       lambda i: routed_document(generator, paragraphs[i])], args.runs)
-    sentences = statistics.mean(len(sentence_groups(p)) for p in paragraphs[1:])  # the timed ones
+                       lambda i: routed(paragraphs[i])], args.runs)
+    sentences = statistics.mean(len(pieces_for(p, settings.document_max_routes)) for p in paragraphs[1:])
     adapter_bytes = generator.generate_adapter(paragraphs[0], "document").nbytes
-    routed_bytes = statistics.mean(sum(a.nbytes for a in routed_document(generator, p).adapters)
-                                   for p in paragraphs[1:])
+    routed_bytes = statistics.mean(routed(p).nbytes for p in paragraphs[1:])
 
     document = long_document(settings, base.tokenizer)
     long_one, long_many = timed([lambda i: generator.generate_adapter(f"{i} {document}", "document"),
-                                 lambda i: routed_document(generator, f"{i} {document}")], args.long_runs)
-    long_parts = len(sentence_groups(document))
+                                 lambda i: routed(f"{i} {document}")], args.long_runs)
+    long_parts = len(pieces_for(document, settings.document_max_routes))
 
-    made = routed_document(generator, paragraphs[0])
-    routing = timed([lambda i: route(generator, made, questions[i])], args.runs)[0]
+    made = routed(paragraphs[0])
+    routing = timed([lambda i: route(encoder, made, questions[i])], args.runs)[0]
 
-    print(f"\nshipped generator ({generator.precision}), torch threads {torch.get_num_threads()}; p50 ms\n")
+    print(f"\nshipped generator ({generator.precision}), torch threads {torch.get_num_threads()}; routes of rank "
+          f"{settings.document_route_rank}, at most {settings.document_max_routes}; p50 ms\n")
     print(f"{'':44} {'one adapter':>12} {'routed':>12} {'routed / one':>13}")
-    print(f"{'paragraph (%.1f sentences), make' % sentences:44} {p50(one):12.1f} {p50(many):12.1f} "
+    print(f"{'paragraph (%.1f routes), make' % sentences:44} {p50(one):12.1f} {p50(many):12.1f} "
           f"{p50(many) / p50(one):13.1f}")
-    print(f"{'2,000-token document (%d sentences), make' % long_parts:44} {p50(long_one):12.1f} {p50(long_many):12.1f} "
+    print(f"{'2,000-token document (%d routes), make' % long_parts:44} {p50(long_one):12.1f} {p50(long_many):12.1f} "
           f"{p50(long_many) / p50(long_one):13.1f}")
-    print(f"{'paragraph, MB as float16':44} {adapter_bytes / 1e6:12.2f} {routed_bytes / 1e6:12.2f} "
+    print(f"{'paragraph, MB as stored':44} {adapter_bytes / 1e6:12.2f} {routed_bytes / 1e6:12.2f} "
           f"{routed_bytes / adapter_bytes:13.1f}")
     print(f"{'per question, routing':44} {0.0:12.1f} {p50(routing):12.1f}")
 

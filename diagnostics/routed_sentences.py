@@ -34,8 +34,8 @@ from hyperadapter.evaluation.harness import Harness, eval_records  # noqa: E402
 from hyperadapter.evaluation.names import WRONG_SUFFIX  # noqa: E402
 from hyperadapter.evaluation.systems import System  # noqa: E402
 from hyperadapter.generator import Generator  # noqa: E402
-from hyperadapter.generator.routed import (RoutedDocument, route, routed_document, sentence_groups,  # noqa: E402
-                                           unit_embeddings)
+from hyperadapter.adapter import Routes  # noqa: E402
+from hyperadapter.generator.routed import document_routes, sentence_groups, unit_embeddings  # noqa: E402
 from hyperadapter.runtime import LoraRuntime  # noqa: E402
 
 
@@ -51,7 +51,7 @@ class RoutedSentences(System):
             f" (rank {rank})" if rank else "") + (WRONG_SUFFIX if wrong else "")
         self.partner: dict[str, str] = {}  # document id -> the document whose sentences it routes among
         self.contexts: dict[str, str] = {}
-        self.made: dict[str, RoutedDocument] = {}
+        self.made: dict[str, Routes] = {}
 
     def prepare(self, records: list[ContextRecord]) -> None:
         ids = list(dict.fromkeys(r.id for r in records))
@@ -62,8 +62,10 @@ class RoutedSentences(System):
     def adapter(self, record: ContextRecord) -> Adapter:
         doc = self.partner[record.id]
         if doc not in self.made:  # one document at a time: its questions come one after another
-            self.made = {doc: routed_document(self.generator, self.contexts[doc], self.group, self.rank)}
-        return route(self.generator, self.made[doc], record.queries[0].input)
+            self.made = {doc: document_routes(self.generator, self.contexts[doc], self.group, self.rank)}
+        routes = self.made[doc]
+        question = unit_embeddings(self.generator.sentence_encoder, [record.queries[0].input])[0]
+        return routes.adapters[routes.nearest(question)[0]]
 
 
 def routing(encoder: SentenceEncoder, records: list[ContextRecord], group: int = 1) -> dict[str, float]:

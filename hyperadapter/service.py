@@ -30,6 +30,7 @@ class Services:
     @classmethod
     def create(cls, settings: Settings, load_generator: bool = True) -> "Services":
         from hyperadapter.generator import Generator, GeneratorError
+        from hyperadapter.generator.routed import generate_with_routes
         from hyperadapter.retrieval.cache import AdapterCache
         from hyperadapter.retrieval.store import AdapterStore
 
@@ -50,17 +51,17 @@ class Services:
         store = AdapterStore.from_settings(settings)
         lock = threading.Lock()
 
-        def generate(kind: str, context: str):
-            if generator is None:
-                raise GeneratorError("this process was started without a generator")
-            with lock:  # one generation at a time: they share the base's threads anyway
-                return generator.generate_adapter(context, kind)
-
         def generate_many(items):
             if generator is None:
                 raise GeneratorError("this process was started without a generator")
-            with lock:
-                return generator.generate_many(items)
+            with lock:  # one generation at a time: they share the base's threads anyway
+                if not settings.document_routes:
+                    return generator.generate_many(items)
+                return generate_with_routes(generator, items, rank=settings.document_route_rank,
+                                            max_routes=settings.document_max_routes)
+
+        def generate(kind: str, context: str):
+            return generate_many([(kind, context)])[0]
 
         cache = AdapterCache.from_settings(settings, store, encoder, generate,
                                            maker=generator.name if generator is not None else None)

@@ -15,7 +15,8 @@ import torch
 from hyperadapter.config import REPO_ROOT, default_data_root
 from hyperadapter.generator import Generator, GeneratorError
 from hyperadapter.generator.config import KIND_IDS
-from tests.conftest import perturb_generator as _perturb, worst_relative_difference, write_tiny_data
+from tests.conftest import (perturb_generator as _perturb, relative_difference, worst_relative_difference,
+                            write_tiny_data)
 
 
 @pytest.fixture(scope="module")
@@ -746,36 +747,75 @@ def test_generate_cli_refuses_a_penalty_openai_would_refuse(capsys):
     assert "--presence-penalty" in capsys.readouterr().err
 
 
-def test_routed_document_answers_each_question_with_its_nearest_sentences_adapter(base, sentence_encoder):
-    from hyperadapter.generator.routed import route, routed_document, sentence_groups
+KESSEL = ("The Kessel mill at Drau was rebuilt in 1923 by the carpenter Ida Wren. "
+          "The town's football club plays in green shirts. Its bakery sells rye bread every morning.")
+KESSEL_QUESTIONS = ["Who rebuilt the mill?", "What colour are the football club's shirts?",
+                    "What does the bakery sell?"]
+
+
+def test_document_routes_answer_each_question_with_its_nearest_sentences_adapter(base, sentence_encoder):
+    from hyperadapter.generator.routed import document_routes, route, sentence_groups
     from hyperadapter.config import DEFAULT_GENERATOR
     generator = Generator.from_pretrained(DEFAULT_GENERATOR, base, sentence_encoder)
-    text = ("The Kessel mill at Drau was rebuilt in 1923 by the carpenter Ida Wren. "
-            "The town's football club plays in green shirts. Its bakery sells rye bread every morning.")
-    document = routed_document(generator, text)
-    assert document.pieces == sentence_groups(text) and len(document.pieces) == 3
-    assert len(document.adapters) == 3 and document.vectors.shape[0] == 3
-    assert all(a.metadata["kind"] == "document" for a in document.adapters)
-    assert torch.allclose(document.vectors.norm(dim=-1), torch.ones(3), atol=1e-5)
+    pieces = sentence_groups(KESSEL)
+    routes = document_routes(generator, KESSEL)
+    assert len(pieces) == 3 and len(routes.adapters) == 3 and routes.vectors.shape[0] == 3
+    assert all(a.metadata["kind"] == "document" for a in routes.adapters)
+    assert torch.allclose(routes.vectors.norm(dim=-1), torch.ones(3), atol=1e-5)
     # each sentence's adapter is its own (made from that sentence alone, as generate_adapter makes it)
-    alone = generator.generate_adapter(document.pieces[1], "document")
-    assert worst_relative_difference(document.adapters[1], alone) < 0.02
-    assert worst_relative_difference(document.adapters[0], alone) > 0.1
-    assert route(generator, document, "Who rebuilt the mill?") is document.adapters[0]
-    assert route(generator, document, "What colour are the football club's shirts?") is document.adapters[1]
-    assert route(generator, document, "What does the bakery sell?") is document.adapters[2]
-    assert sentence_groups(text, 2) == [" ".join(document.pieces[:2]), document.pieces[2]]
+    alone = generator.generate_adapter(pieces[1], "document")
+    assert worst_relative_difference(routes.adapters[1], alone) < 0.02
+    assert worst_relative_difference(routes.adapters[0], alone) > 0.1
+    document = generator.generate_adapter(KESSEL, "document")
+    document.routes = routes
+    for i, question in enumerate(KESSEL_QUESTIONS):
+        picked, (index, cosine) = route(sentence_encoder, document, question)
+        assert picked is routes.adapters[i] and index == i and 0 < cosine <= 1
+    assert route(sentence_encoder, alone, KESSEL_QUESTIONS[0]) == (alone, None)  # no routes: itself
+    assert sentence_groups(KESSEL, 2) == [" ".join(pieces[:2]), pieces[2]]
     with pytest.raises(GeneratorError, match="empty"):
-        routed_document(generator, "   ")
+        document_routes(generator, "   ")
 
 
-def test_generate_cli_routes_a_document_by_sentence_and_refuses_it_for_other_kinds(capsys):
+def test_generate_with_routes_gives_documents_compressed_routes_in_one_batch(base, sentence_encoder):
+    from hyperadapter.generator.routed import generate_with_routes, pieces_for, sentence_groups
+    from hyperadapter.config import DEFAULT_GENERATOR
+    generator = Generator.from_pretrained(DEFAULT_GENERATOR, base, sentence_encoder)
+    one_sentence = "The Kessel mill was rebuilt in 1923."
+    items = [("document", KESSEL), ("task", "Say hi politely."), ("document", one_sentence)]
+    made = generate_with_routes(generator, items, rank=4, max_routes=32)
+    plain = generator.generate_many(items)
+    for got, want in zip(made, plain):  # the adapters themselves are what generate_many makes
+        assert worst_relative_difference(got, want) < 0.02
+    assert made[1].routes is None and made[2].routes is None  # a task, and a document of one sentence
+    routes = made[0].routes
+    assert len(routes.adapters) == 3 and all(a.rank == 4 and a.alpha == 4.0 for a in routes.adapters)
+    assert routes.adapters[0].weights[next(iter(routes.adapters[0].weights))][0].dtype == torch.float16
+    # each route is its sentence's adapter compressed to rank 4: the best rank-4 approximation of its update
+    sentence = generator.generate_adapter(sentence_groups(KESSEL)[1], "document")
+    module = "model.layers.3.mlp.down_proj"
+    full, four = sentence.delta_weight(module), routes.adapters[1].delta_weight(module)
+    best = sentence.compressed(4).delta_weight(module)
+    assert relative_difference(four, best) < 0.02 and relative_difference(four, full) < 1.0
+    # past max_routes, sentences are grouped: as few per route as keep within it
+    assert pieces_for(KESSEL, 2) == sentence_groups(KESSEL, 2)
+    assert len(generate_with_routes(generator, items[:1], rank=8, max_routes=2)[0].routes.adapters) == 2
+
+
+def test_generate_cli_routes_a_stored_document_by_its_prompt(tmp_path, capsys, monkeypatch):
     from hyperadapter.cli import main
-    assert main(["generate", "--kind", "task", "--text", "Say hi.", "--prompt", "Hi", "--route-sentences"]) == 2
-    assert "--route-sentences needs --kind document" in capsys.readouterr().err
-    assert main(["generate", "--kind", "document", "--text", "   ", "--prompt", "Hi", "--route-sentences"]) == 2
-    assert "empty" in capsys.readouterr().err
-    text = "The Kessel mill at Drau was rebuilt in 1923 by the carpenter Ida Wren. Its bakery sells rye bread."
-    assert main(["generate", "--kind", "document", "--text", text, "--prompt", "Who rebuilt the mill?",
-                 "--route-sentences", "--max-new-tokens", "6"]) == 0
-    assert capsys.readouterr().out.strip()
+    (tmp_path / "models").symlink_to(default_data_root() / "models")
+    monkeypatch.setenv("HYPERADAPTER_DATA_ROOT", str(tmp_path))
+    assert main(["adapter", "create", "--kind", "document", "--text", KESSEL, "--out", str(tmp_path / "out")]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert line["routes"] == 3 and (tmp_path / "out" / "adapter_routes.safetensors").is_file()
+    asked = ["generate", "--adapter", str(tmp_path / "out"), "--prompt", KESSEL_QUESTIONS[2], "--max-new-tokens", "6"]
+    assert main(asked) == 0
+    routed = capsys.readouterr()
+    assert "routed to sentence 3 of 3" in routed.err and routed.out.strip()
+    assert main(asked + ["--no-route"]) == 0
+    whole = capsys.readouterr()
+    assert "routed" not in whole.err and whole.out.strip()
+    assert main(["generate", "--kind", "document", "--text", KESSEL, "--prompt", KESSEL_QUESTIONS[0],
+                 "--max-new-tokens", "6"]) == 0  # made (or reused) through the store, and routed the same way
+    assert "routed to sentence 1 of 3" in capsys.readouterr().err

@@ -2,19 +2,23 @@
 it by the packaged sentence encoder (model card, diagnostic 10: test F1 10.9 against 8.9 for the paragraph's own
 adapter). Made with no training from the shipped generator. Sentence adapters are picked, never added: summed or
 averaged they are no better than the paragraph's adapter (diagnostic 8).
+
+The service stores them beside the document's one adapter (`Adapter.routes`) and routes each request by its
+question (`route`); the one adapter is what a PEFT export applies.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from typing import Sequence
 
 from torch import Tensor
 from torch.nn.functional import normalize
 
-from hyperadapter.adapter import Adapter
+from hyperadapter.adapter import Adapter, Routes
 from hyperadapter.data.builders import split_sentences
 from hyperadapter.embedding import SentenceEncoder
-from hyperadapter.generator.model import Generator, GeneratorError
+from hyperadapter.generator.model import ADAPTER_DTYPE, Generator, GeneratorError
 
 
 def sentence_groups(text: str, group: int = 1) -> list[str]:
@@ -28,32 +32,54 @@ def unit_embeddings(encoder: SentenceEncoder, texts: list[str]) -> Tensor:
     return normalize(encoder.encode(texts).float(), dim=-1)
 
 
-@dataclass
-class RoutedDocument:
-    pieces: list[str]
-    adapters: list[Adapter]  # one per piece
-    vectors: Tensor  # [pieces, dim]: each piece's unit sentence embedding
-
-    def nearest(self, question: Tensor) -> int:
-        """The index of the piece nearest to a question's unit embedding."""
-        return int((self.vectors @ question).argmax())
+def pieces_for(text: str, max_routes: int) -> list[str]:
+    """One piece per sentence, or, past `max_routes` sentences, as few sentences per piece as keep within it."""
+    sentences = sentence_groups(text)
+    return sentence_groups(text, math.ceil(len(sentences) / max_routes)) if len(sentences) > max_routes else sentences
 
 
-def routed_document(generator: Generator, text: str, group: int = 1, rank: int | None = None) -> RoutedDocument:
-    """Each piece's document adapter (one batched generator call) and sentence embedding; with `rank`, each
-    adapter compressed to that rank (the best approximation of its update, Adapter.compressed)."""
+def routes_from(encoder: SentenceEncoder, pieces: list[str], adapters: list[Adapter],
+                rank: int | None = None) -> Routes:
+    """Routes over `pieces` and their adapters; with `rank`, each adapter compressed to that rank (the best
+    approximation of its update, Adapter.compressed) and stored as float16."""
+    if rank is not None:
+        adapters = [a.compressed(rank).to(ADAPTER_DTYPE) for a in adapters]
+    return Routes(adapters, unit_embeddings(encoder, pieces))
+
+
+def document_routes(generator: Generator, text: str, group: int = 1, rank: int | None = None) -> Routes:
+    """Each piece's document adapter (one batched generator call) and sentence embedding."""
     if generator.sentence_encoder is None:
         raise GeneratorError("routing needs the generator's sentence encoder")
     if not text.strip():
         raise GeneratorError("context is empty")
     pieces = sentence_groups(text, group)
-    vectors = unit_embeddings(generator.sentence_encoder, pieces)
-    adapters = generator.generate_many([("document", p) for p in pieces])
-    if rank is not None:
-        adapters = [a.compressed(rank) for a in adapters]
-    return RoutedDocument(pieces, adapters, vectors)
+    return routes_from(generator.sentence_encoder, pieces,
+                       generator.generate_many([("document", p) for p in pieces]), rank)
 
 
-def route(generator: Generator, document: RoutedDocument, question: str) -> Adapter:
-    """The adapter of the piece of `document` nearest to `question`."""
-    return document.adapters[document.nearest(unit_embeddings(generator.sentence_encoder, [question])[0])]
+def generate_with_routes(generator: Generator, items: Sequence[tuple[str, str]], *, rank: int | None,
+                         max_routes: int) -> list[Adapter]:
+    """generate_many, where each document of more than one sentence also gets its routes (at most `max_routes`
+    pieces), its pieces' adapters made in the same batched call as the documents'."""
+    if generator.sentence_encoder is None:
+        raise GeneratorError("routing needs the generator's sentence encoder")
+    items = list(items)
+    pieces = {i: pieces_for(context, max_routes) for i, (kind, context) in enumerate(items) if kind == "document"}
+    pieces = {i: p for i, p in pieces.items() if len(p) > 1}
+    extra = [("document", p) for i in pieces for p in pieces[i]]
+    made = generator.generate_many(items + extra)
+    adapters, start = made[:len(items)], len(items)
+    for i, ps in pieces.items():
+        adapters[i].routes = routes_from(generator.sentence_encoder, ps, made[start:start + len(ps)], rank)
+        start += len(ps)
+    return adapters
+
+
+def route(encoder: SentenceEncoder, adapter: Adapter, question: str) -> tuple[Adapter, tuple[int, float] | None]:
+    """(the adapter to answer `question` with, (its route's index, cosine to the question)): the adapter of the
+    sentence nearest to the question when `adapter` has routes, else `adapter` itself (and None)."""
+    if adapter.routes is None:
+        return adapter, None
+    index, cosine = adapter.routes.nearest(unit_embeddings(encoder, [question])[0])
+    return adapter.routes.adapters[index], (index, cosine)
