@@ -3,7 +3,8 @@
 `hyperadapter batch INPUT.jsonl --out DIR` reads one JSON object per line, `{"id"?, "kind"?, "context"}`
 or `{"id"?, "kind"?, "path"}` (a UTF-8 text file, relative to the input file's folder), and writes:
 
-    DIR/<id>/            the PEFT adapter of that line (adapter_config.json + adapter_model.safetensors)
+    DIR/<id>/            the PEFT adapter of that line (adapter_config.json + adapter_model.safetensors;
+                         a document's also adapter_routes.safetensors, its sentence adapters)
     DIR/manifest.jsonl   one row per finished line: id, line, kind, context_hash, adapter (store id),
                          cache_hit, how, similarity, seconds (the batch's wall time / its size), rank
     DIR/errors.jsonl     one row per bad line of this run: line, reason (and id when known)
@@ -58,6 +59,7 @@ LOCK = ".batch.lock"
 OWNER = "batch"
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")  # = adapter.CONFIG_NAME, WEIGHTS_NAME
 CONFIG, WEIGHTS = PEFT_FILES
+ROUTES = "adapter_routes.safetensors"  # = adapter.ROUTES_NAME; only a document's adapter has it
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # as the store's ids: no '/', no leading '.'
 _PART = re.compile(r"^(manifest|errors)\.(\d+)\.jsonl$")
 _LEFTOVER = re.compile(r"^\..+\.(tmp|old)-")  # our temp folders/files (and Adapter.save's)
@@ -308,8 +310,9 @@ def _publish(pairs: list[tuple[Item, Path]], out_dir: Path) -> dict[str, str]:
         try:
             shutil.copyfile(source / CONFIG, tmp / CONFIG)
             copied.append(tmp / CONFIG)
-            if not _link(source / WEIGHTS, tmp / WEIGHTS):
-                copied.append(tmp / WEIGHTS)
+            for name in (WEIGHTS, ROUTES) if (source / ROUTES).is_file() else (WEIGHTS,):
+                if not _link(source / name, tmp / name):
+                    copied.append(tmp / name)
         except FileNotFoundError:  # evicted from the store since it was returned (a tiny store)
             shutil.rmtree(tmp, ignore_errors=True)
             failed[item.id] = (f"adapter left the store before it was copied ({source}); "

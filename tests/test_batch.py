@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from hyperadapter.adapter import Adapter
-from hyperadapter.batch import PEFT_FILES, _Appender, _read_jsonl, context_hash, parse_input
+from hyperadapter.batch import PEFT_FILES, ROUTES, _Appender, _read_jsonl, context_hash, parse_input
 from hyperadapter.config import REPO_ROOT, default_data_root
 from hyperadapter.retrieval.cache import AdapterCache
 from hyperadapter.retrieval.store import AdapterStore
@@ -86,10 +86,14 @@ def _check_folders(out: Path, ids: set[str], root: Path, manifest: list[dict]) -
     assert {p.name for p in out.iterdir() if p.is_dir()} == ids
     assert not [p.name for p in out.iterdir() if LEFTOVER.search(p.name)]
     for row in manifest:
-        folder = out / row["id"]
-        for name in PEFT_FILES:
-            assert (folder / name).read_bytes() == (root / "store" / "adapters" / row["adapter"] / name).read_bytes()
+        folder, stored = out / row["id"], root / "store" / "adapters" / row["adapter"]
+        files = PEFT_FILES + ((ROUTES,) if (stored / ROUTES).is_file() else ())
+        for name in files:
+            assert (folder / name).read_bytes() == (stored / name).read_bytes()
+        assert sorted(p.name for p in folder.iterdir()) == sorted(files)
         adapter = Adapter.load(folder)
+        # every document in these inputs has more than one sentence: it has its sentence routes
+        assert (adapter.routes is not None) == (row["kind"] == "document")
         assert adapter.rank == 8 and adapter.target_modules == ["down_proj", "q_proj", "v_proj"]
         assert len(adapter.weights) == 90  # 30 layers x 3 modules
 
