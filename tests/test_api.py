@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -167,6 +168,47 @@ def test_peft_loads_the_zip(server, task_adapter, tmp_path):
     with torch.no_grad():
         out = peft_model(input_ids=torch.tensor([[1, 2, 3]])).logits
     assert torch.isfinite(out).all()
+
+
+KESSEL = ("The Kessel mill at Drau was rebuilt in 1923 by the carpenter Ida Wren. "
+          "The town's football club plays in green shirts. Its bakery sells rye bread every morning.")
+
+
+def test_a_document_is_answered_by_the_adapter_of_the_sentence_nearest_the_question(server, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    created = post(server, "/v1/adapters", {"kind": "document", "context": KESSEL})
+    assert created.status_code == 201 and created.json()["routes"] == 3, created.text
+    adapter_id = created.json()["id"]
+    assert requests.get(f"{server}/v1/adapters/{adapter_id}", headers=auth(), timeout=60).json()["routes"] == 3
+    questions = ["Who rebuilt the mill?", "What colour are the football club's shirts?", "What does the bakery sell?"]
+    differs = 0
+    for i, question in enumerate(questions):
+        body = {"model": adapter_id, "messages": [{"role": "system", "content": "Answer briefly."},
+                                                  {"role": "user", "content": question}],
+                "max_tokens": 12, "temperature": 0}
+        routed = post(server, "/v1/chat/completions", body).json()
+        assert routed["route"]["sentence"] == i and routed["route"]["routes"] == 3, routed
+        assert 0 < routed["route"]["similarity"] <= 1
+        whole = post(server, "/v1/chat/completions", {**body, "route": False}).json()
+        assert "route" not in whole
+        differs += routed["choices"][0]["message"]["content"] != whole["choices"][0]["message"]["content"]
+    assert differs >= 2  # a sentence's adapter is not the document's
+    text = post(server, "/v1/completions", {"model": adapter_id, "prompt": questions[2], "max_tokens": 4,
+                                            "temperature": 0}).json()
+    assert text["route"]["sentence"] == 2
+    task = post(server, "/v1/chat/completions", {"model": "base", "max_tokens": 4, "temperature": 0,
+                                                 "messages": [{"role": "user", "content": "Hi"}]}).json()
+    assert "route" not in task  # the base has nothing to route
+    metrics = requests.get(f"{server}/metrics", timeout=60).text
+    assert float(re.search(r"^hyperadapter_routed_replies_total (\S+)$", metrics, re.M).group(1)) >= 4
+    # the PEFT zip carries the routes file beside the PEFT files, and peft applies the document's one adapter
+    r = requests.get(f"{server}/v1/adapters/{adapter_id}/peft", headers=auth(), timeout=60)
+    names = zipfile.ZipFile(io.BytesIO(r.content)).namelist()
+    assert sorted(names) == ["adapter_config.json", "adapter_model.safetensors", "adapter_routes.safetensors"]
+    zipfile.ZipFile(io.BytesIO(r.content)).extractall(tmp_path / "peft")
+    model = AutoModelForCausalLM.from_pretrained(default_data_root() / "models" / "SmolLM2-135M-Instruct")
+    assert sum(n.endswith("lora_A") for n, _ in PeftModel.from_pretrained(model, tmp_path / "peft").named_modules())
 
 
 def test_tenants_are_isolated_and_keys_required(server, task_adapter):

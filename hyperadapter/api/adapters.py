@@ -10,6 +10,7 @@ import zipfile
 from flask import Blueprint, jsonify, request, send_file
 
 from hyperadapter.api.errors import too_large, unprocessable
+from hyperadapter.adapter import Routes
 from hyperadapter.api.schemas import AdapterCreate, AdapterInfo, AdapterList
 from hyperadapter.api.state import get_visible_record, json_body, state, tenant, user_of
 from hyperadapter.api.users import user_owner
@@ -29,6 +30,7 @@ def adapter_info(record, result=None) -> AdapterInfo:
                        target_modules=_target_modules(record),
                        base_model=record.base_model, user=user_of(record), created=record.created,
                        last_used=record.last_used, hits=record.hits, bytes=record.nbytes,
+                       routes=Routes.count(record.path),
                        cache_hit=None if result is None else result.cache_hit,
                        similarity=None if result is None else result.similarity,
                        neighbour=None if result is None else result.neighbour,

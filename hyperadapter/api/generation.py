@@ -20,6 +20,7 @@ from hyperadapter.api.schemas import ChatCompletionRequest, CompletionRequest
 from hyperadapter.api.state import get_visible_record, json_body, state, tenant
 from hyperadapter.base import format_chat
 from hyperadapter.decoding import penalties
+from hyperadapter.generator.routed import route
 from hyperadapter.runtime import GenerationParams
 
 bp = Blueprint("generation", __name__)
@@ -49,7 +50,8 @@ def resolve_model(body) -> tuple[object | None, object | None]:
     return s.services.store.load(record.id), None
 
 
-def _submit(prompt: str, body, kind: str):
+def _submit(prompt: str, body, kind: str, question: str):
+    """Queue a reply; `question` is what a document's sentence routes are picked by."""
     s = state()
     limit = s.settings.max_new_tokens_limit
     max_tokens = body.max_tokens or DEFAULT_MAX_TOKENS[kind]
@@ -62,6 +64,12 @@ def _submit(prompt: str, body, kind: str):
         raise bad_request(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceed the model's "
                           f"context of {context_window} tokens")
     frequency, presence = penalties(adapter, body.frequency_penalty, body.presence_penalty)
+    routed = None
+    if body.route and adapter is not None and adapter.routes is not None:
+        routes = len(adapter.routes.adapters)
+        adapter, (index, cosine) = route(s.services.encoder, adapter, question)
+        routed = {"sentence": index, "similarity": round(cosine, 4), "routes": routes}
+        s.metrics.routed.inc()
     params = GenerationParams(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                               frequency_penalty=frequency, presence_penalty=presence,
                               seed=body.seed, stop=list(body.stop or []), ignore_eos=body.ignore_eos,
@@ -73,7 +81,7 @@ def _submit(prompt: str, body, kind: str):
     except EngineStopped as exc:
         raise APIError(503, "unavailable", str(exc)) from None
     s.metrics.prompt_tokens.inc(len(ids))
-    return job, len(ids), created
+    return job, len(ids), created, routed
 
 
 def _usage(prompt_tokens: int, job) -> dict:
@@ -112,7 +120,8 @@ def _sse(job, prompt_tokens: int, make_chunk, include_usage: bool):
 def chat():
     body = ChatCompletionRequest.model_validate(json_body())
     prompt = format_chat(state().services.base, [m.model_dump() for m in body.messages])
-    job, prompt_tokens, created = _submit(prompt, body, "chat")
+    last_user = next((m.content for m in reversed(body.messages) if m.role == "user"), body.messages[-1].content)
+    job, prompt_tokens, created, routed = _submit(prompt, body, "chat", last_user)
     cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         def chunk(first=False, text=None, finish=None, usage=None):
@@ -131,13 +140,15 @@ def chat():
              "usage": _usage(prompt_tokens, job)}
     if created is not None:
         reply["adapter"] = adapter_info(created.record, created).model_dump()
+    if routed is not None:
+        reply["route"] = routed
     return jsonify(reply)
 
 
 @bp.post("/v1/completions")
 def completions():
     body = CompletionRequest.model_validate(json_body())
-    job, prompt_tokens, created = _submit(body.prompt, body, "text")
+    job, prompt_tokens, created, routed = _submit(body.prompt, body, "text", body.prompt)
     cid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         def chunk(first=False, text=None, finish=None, usage=None):
@@ -154,4 +165,6 @@ def completions():
              "usage": _usage(prompt_tokens, job)}
     if created is not None:
         reply["adapter"] = adapter_info(created.record, created).model_dump()
+    if routed is not None:
+        reply["route"] = routed
     return jsonify(reply)

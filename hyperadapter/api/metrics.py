@@ -19,5 +19,7 @@ class Metrics:
                                  registry=r)
         self.generate_seconds = Histogram("hyperadapter_adapter_generate_seconds", "time to make an adapter",
                                           registry=r, buckets=(0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.routed = Counter("hyperadapter_routed_replies_total", "replies answered by a document's sentence "
+                              "adapter (the one nearest the question)", registry=r)
         self.queue_depth = Gauge("hyperadapter_queue_depth", "generation requests waiting", registry=r)
         self.batch_size = Gauge("hyperadapter_batch_rows", "rows in the running decode batch", registry=r)

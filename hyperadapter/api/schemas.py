@@ -45,6 +45,8 @@ class AdapterInfo(BaseModel):
     last_used: float
     hits: int
     bytes: int
+    routes: int = Field(default=0, description="a document's sentence adapters, one of which answers each "
+                        "request (0: the one adapter answers)")
 
 
 class AdapterList(BaseModel):
@@ -84,6 +86,9 @@ class SamplingFields(Strict):
     ignore_eos: bool = Field(default=False, description="decode exactly max_tokens (as vLLM's extension)")
     context: InlineContext | None = Field(default=None, description="create (or reuse) an adapter from this "
                                           "context and apply it, in one call; `model` must then be 'base'")
+    route: bool = Field(default=True, description="with a document's adapter that has sentence routes, answer "
+                        "with the adapter of the sentence nearest to the question (the last user message, or the "
+                        "prompt); false: the document's one adapter")
 
     @field_validator("stop")
     @classmethod
@@ -117,6 +122,12 @@ class CompletionRequest(SamplingFields):
         return v
 
 
+class Route(BaseModel):
+    sentence: int = Field(description="the index of the document's sentence (or group) whose adapter answered")
+    similarity: float = Field(description="its cosine to the question")
+    routes: int
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
@@ -137,6 +148,7 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     adapter: AdapterInfo | None = None
+    route: Route | None = None
 
 
 class CompletionChoice(BaseModel):
@@ -153,6 +165,8 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage
+    adapter: AdapterInfo | None = None
+    route: Route | None = None
 
 
 class UserMessages(Strict):
