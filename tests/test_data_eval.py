@@ -445,3 +445,36 @@ def test_generated_plus_multitask_adds_both_updates_and_its_control_swaps_only_t
                          systems=["generated+multitask"])
     with pytest.raises(FileNotFoundError, match="multitask_lora.toml"):
         build_systems(missing, load_settings(), base, runtime, generator=generator)
+
+
+def test_the_harness_answers_each_query_with_its_nearest_sentences_adapter_as_the_service_does(
+        base, runtime, sentence_encoder, tmp_path):
+    from hyperadapter.config import DEFAULT_GENERATOR, load_settings
+    from hyperadapter.data.prompts import query_prompt
+    from hyperadapter.data.schema import ContextRecord, Query
+    from hyperadapter.evaluation.harness import EvalConfig, Harness
+    from hyperadapter.evaluation.run import served
+    from hyperadapter.evaluation.systems import AdapterSystem
+    from hyperadapter.generator import Generator
+    from hyperadapter.runtime import GenerationParams
+    generator = Generator.from_pretrained(DEFAULT_GENERATOR, base, sentence_encoder)
+    make = served(generator, load_settings())
+    text = ("The Kessel mill at Drau was rebuilt in 1923 by the carpenter Ida Wren. "
+            "The town's football club plays in green shirts. Its bakery sells rye bread every morning.")
+    questions = ["What does the bakery sell?", "Who rebuilt the mill?", "What colour are the club's shirts?"]
+    record = ContextRecord("kessel", "document", "kessel", "test", text, "squad",
+                           [Query(q, ["x"]) for q in questions])
+    adapter = make("document", text)
+    assert len(adapter.routes.adapters) == 3 and make("task", "Say hi.").routes is None
+    harness = Harness(base, runtime, EvalConfig(max_new_tokens=8), tmp_path, encoder=sentence_encoder)
+    picked = harness.per_query(adapter, record)
+    assert [[r is a for r in adapter.routes.adapters].index(True) for a in picked] == [2, 0, 1]
+    assert harness.per_query(generator.generate_adapter("Say hi.", "task"), record)[0].routes is None
+    system = AdapterSystem(base, make)
+    system.prepare([record])
+    row = harness.score_context(system, record)
+    prompts = [query_prompt(base, q) for q in questions]
+    params = GenerationParams(max_new_tokens=8)
+    routed = runtime.generate(prompts, picked, params)
+    whole = runtime.generate(prompts, adapter, params)
+    assert row["samples"] == routed != whole  # the replies are the routed adapters', not the document's one

@@ -24,8 +24,10 @@ from hyperadapter.base import Base
 from hyperadapter.data.builders import short_document, short_history
 from hyperadapter.data.relabel import relabelled
 from hyperadapter.data.schema import KINDS, ContextRecord, load_split
+from hyperadapter.embedding import SentenceEncoder
 from hyperadapter.evaluation import metrics
 from hyperadapter.evaluation.systems import System
+from hyperadapter.generator.routed import route
 from hyperadapter.runtime import GenerationParams, LoraRuntime
 from hyperadapter.scoring import choice_logprobs
 
@@ -73,6 +75,11 @@ class EvalConfig:
     # The kind whose adapters generated-unrelated puts on every context; "": a chat's for tasks,
     # demonstrations and documents, a document's for chats (systems.UnrelatedContextSystem)
     unrelated_kind: str = ""
+    # The generated systems make a document's adapter as the service does, with its sentence routes (the
+    # settings' document_route_rank and document_max_routes), and each query is answered by the adapter of the
+    # sentence nearest to it (hyperadapter.generator.routed); false: the one adapter, as results before
+    # 2026-12-05 were made
+    document_routes: bool = False
 
 
 def load_eval_config(path: str | Path, **overrides) -> EvalConfig:
@@ -128,17 +135,27 @@ def choice_scores(base: Base, runtime: LoraRuntime, adapter: Adapter | None, pro
 
 
 class Harness:
-    def __init__(self, base: Base, runtime: LoraRuntime, config: EvalConfig, data_dir: Path):
+    def __init__(self, base: Base, runtime: LoraRuntime, config: EvalConfig, data_dir: Path,
+                 encoder: SentenceEncoder | None = None):
         self.base, self.runtime, self.config, self.data_dir = base, runtime, config, Path(data_dir)
+        self.encoder = encoder  # routes an adapter's queries when it has sentence routes (made when first needed)
+
+    def per_query(self, adapter: Adapter | None, record: ContextRecord) -> list[Adapter | None]:
+        """The adapter each query is answered with: as the service does, the adapter of the sentence nearest to
+        the query when `adapter` has sentence routes, else `adapter` itself."""
+        if adapter is None or adapter.routes is None:
+            return [adapter] * len(record.queries)
+        self.encoder = self.encoder or SentenceEncoder()
+        return [route(self.encoder, adapter, q.input)[0] for q in record.queries]
 
     def score_context(self, system: System, record: ContextRecord) -> dict:
-        adapter = system.adapter(record)
+        adapters = self.per_query(system.adapter(record), record)
         tok = self.base.tokenizer
         scores, extra, prompt_tokens = [], {"em": [], "rouge_l": [], "f1": [], "yes_no": [], "looped": []}, []
         start = time.perf_counter()
         prompts = [system.prompt(record, q.input) for q in record.queries]
         if record.metric == "choice":
-            for q, prompt in zip(record.queries, prompts):
+            for q, prompt, adapter in zip(record.queries, prompts, adapters):
                 s = choice_scores(self.base, self.runtime, adapter, prompt, q.choices)
                 scores.append(float(max(range(len(s)), key=s.__getitem__) == q.label))
                 prompt_tokens.append(len(tok(prompt, add_special_tokens=False)["input_ids"]))
@@ -149,7 +166,8 @@ class Harness:
                                       lead_space=record.kind in self.config.lead_space)
             replies = []
             for s in range(0, len(prompts), self.config.batch_size):
-                replies += self.runtime.generate(prompts[s:s + self.config.batch_size], adapter, params)
+                step = slice(s, s + self.config.batch_size)
+                replies += self.runtime.generate(prompts[step], adapters[step], params)
             for q, prompt, reply in zip(record.queries, prompts, replies):
                 reply = reply.strip()
                 prompt_tokens.append(len(tok(prompt, add_special_tokens=False)["input_ids"]))

@@ -51,6 +51,16 @@ def catalogue_blender(generator, data_dir: Path, per_kind: int, k: int, tmp_root
     return make
 
 
+def served(generator, settings: Settings):
+    """`(kind, context) -> Adapter` as the service makes it: a document's with its sentence routes."""
+    from hyperadapter.generator.routed import generate_with_routes
+
+    def make(kind: str, context: str):
+        return generate_with_routes(generator, [(kind, context)], rank=settings.document_route_rank,
+                                    max_routes=settings.document_max_routes)[0]
+    return make
+
+
 def load_multitask_lora(config: EvalConfig) -> "Adapter":
     """The multi-task LoRA baseline the config names, or a FileNotFoundError saying how to train it."""
     from hyperadapter.adapter import Adapter
@@ -78,7 +88,8 @@ def build_systems(config: EvalConfig, settings: Settings, base, runtime, generat
         elif name == "base+context":
             systems.append(ContextInPromptSystem(base))
         elif name in ("generated", "generated-wrong"):
-            systems.append(AdapterSystem(base, lambda kind, ctx: generator.generate_adapter(ctx, kind),
+            systems.append(AdapterSystem(base, served(generator, settings) if config.document_routes else
+                                         lambda kind, ctx: generator.generate_adapter(ctx, kind),
                                          wrong=name == "generated-wrong"))
         elif name == "generated-unrelated":
             from hyperadapter.evaluation.harness import eval_records
