@@ -10,7 +10,7 @@ Each question is decoded on its own (its adapter is its own); a context's row ho
 the paragraph's id, so `hyperadapter compare` pairs it with the paragraph's own adapter in another run.
   python diagnostics/routed_sentences.py --config configs/eval_validation_documents_routed.toml \\
       --out results/validation-documents-routed [--which both|right|wrong] [--threads 1] [--routing] [--group 2] \\
-      [--rank 4]
+      [--rank 4] [--oracle]
 It writes "routed sentence adapters", and the same routed among another paragraph's sentences.
 """
 
@@ -44,11 +44,13 @@ class RoutedSentences(System):
 
     kinds = ("document",)
 
-    def __init__(self, base, generator: Generator, wrong: bool = False, group: int = 1, rank: int | None = None):
+    def __init__(self, base, generator: Generator, wrong: bool = False, group: int = 1, rank: int | None = None,
+                 oracle: bool = False):
         super().__init__(base)
-        self.generator, self.wrong, self.group, self.rank = generator, wrong, group, rank
+        self.generator, self.wrong, self.group, self.rank, self.oracle = generator, wrong, group, rank, oracle
         self.name = "routed sentence adapters" + (f" ({group} sentences each)" if group > 1 else "") + (
-            f" (rank {rank})" if rank else "") + (WRONG_SUFFIX if wrong else "")
+            f" (rank {rank})" if rank else "") + (" (oracle routing)" if oracle else "") + (
+            WRONG_SUFFIX if wrong else "")
         self.partner: dict[str, str] = {}  # document id -> the document whose sentences it routes among
         self.contexts: dict[str, str] = {}
         self.made: dict[str, Routes] = {}
@@ -63,8 +65,13 @@ class RoutedSentences(System):
         doc = self.partner[record.id]
         if doc not in self.made:  # one document at a time: its questions come one after another
             self.made = {doc: document_routes(self.generator, self.contexts[doc], self.group, self.rank)}
-        routes = self.made[doc]
-        question = unit_embeddings(self.generator.sentence_encoder, [record.queries[0].input])[0]
+        routes, query = self.made[doc], record.queries[0]
+        if self.oracle:  # a bound, not a system: the first piece that holds an answer, when one does
+            pieces = sentence_groups(self.contexts[doc], self.group)
+            holders = [i for i, p in enumerate(pieces) if any(a and a in p for a in query.answers)]
+            if holders:
+                return routes.adapters[holders[0]]
+        question = unit_embeddings(self.generator.sentence_encoder, [query.input])[0]
         return routes.adapters[routes.nearest(question)[0]]
 
 
@@ -110,6 +117,8 @@ def main() -> None:
                         help="score only one of the two systems (two processes at one thread each)")
     parser.add_argument("--group", type=int, default=1, help="sentences per adapter")
     parser.add_argument("--rank", type=int, default=None, help="compress each sentence's adapter to this rank")
+    parser.add_argument("--oracle", action="store_true",
+                        help="a bound: route each question to a sentence that holds its answer, where one does")
     parser.add_argument("--routing", action="store_true",
                         help="only print how often the nearest sentence holds the question's answer")
     parser.add_argument("--threads", type=int, default=2)
@@ -123,7 +132,8 @@ def main() -> None:
         parser.error("--out is needed to score")
     generator = Generator.from_pretrained(args.generator or config.generator or settings.generator, base,
                                           SentenceEncoder(), int8=True)
-    systems = [RoutedSentences(base, generator, wrong=wrong, group=args.group, rank=args.rank)
+    systems = [RoutedSentences(base, generator, wrong=wrong, group=args.group, rank=args.rank,
+                               oracle=args.oracle)
                for wrong in (False, True) if args.which == "both" or (args.which == "wrong") == wrong]
     PerQueryHarness(base, LoraRuntime(base), config, data_dir).run(
         systems, on_score=lambda partial: report.write(partial, args.out))
