@@ -9,8 +9,8 @@ import zipfile
 
 from flask import Blueprint, jsonify, request, send_file
 
-from hyperadapter.api.errors import too_large, unprocessable
 from hyperadapter.adapter import Routes
+from hyperadapter.api.errors import too_large, unprocessable
 from hyperadapter.api.schemas import AdapterCreate, AdapterInfo, AdapterList
 from hyperadapter.api.state import get_visible_record, json_body, state, tenant, user_of
 from hyperadapter.api.users import user_owner
