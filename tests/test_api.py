@@ -194,6 +194,10 @@ def test_a_document_is_answered_by_the_adapter_of_the_sentence_nearest_the_quest
         assert "route" not in whole
         differs += routed["choices"][0]["message"]["content"] != whole["choices"][0]["message"]["content"]
     assert differs >= 2  # a sentence's adapter is not the document's
+    stream = post(server, "/v1/chat/completions", {**body, "stream": True}, stream=True)
+    first = json.loads(next(line for line in stream.iter_lines() if line.startswith(b"data: "))[6:])
+    assert first["route"]["sentence"] == 2  # a stream says its route in its first chunk
+    stream.close()
     text = post(server, "/v1/completions", {"model": adapter_id, "prompt": questions[2], "max_tokens": 4,
                                             "temperature": 0}).json()
     assert text["route"]["sentence"] == 2

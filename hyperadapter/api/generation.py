@@ -131,6 +131,8 @@ def chat():
                 delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
                 payload = {"choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
             payload.update(id=cid, object="chat.completion.chunk", created=now, model=body.model)
+            if first and routed is not None:
+                payload["route"] = routed
             yield f"data: {json.dumps(payload)}\n\n"
         return _sse(job, prompt_tokens, chunk, bool(body.stream_options and body.stream_options.include_usage))
     text = _collect(job)
