@@ -1,7 +1,7 @@
 """What routed sentence adapters cost beside one adapter per document (model card, diagnostic 10).
 
 A routed document is its one adapter plus one adapter per sentence with each sentence's embedding (the service's
-form, `generate_with_routes`, with the settings' rank and cap on routes); a question is answered with the adapter
+form, `generate_served`, with the settings' rank and cap on routes); a question is answered with the adapter
 of the sentence nearest to it. Measured side by side in one run on this machine, with the shipped generator
 served as the service serves it (int8 where the CPU has no fast bf16):
   - time to make a paragraph's adapter: one adapter for the whole paragraph, against it with its routes (one
@@ -31,7 +31,7 @@ from hyperadapter.config import load_settings  # noqa: E402
 from hyperadapter.data.schema import load_split  # noqa: E402
 from hyperadapter.embedding import SentenceEncoder  # noqa: E402
 from hyperadapter.generator import Generator  # noqa: E402
-from hyperadapter.generator.routed import generate_with_routes, pieces_for, route  # noqa: E402
+from hyperadapter.generator.routed import generate_served, pieces_for, route  # noqa: E402
 
 
 def p50(xs: list[float]) -> float:
@@ -52,8 +52,7 @@ def main() -> None:
     questions = [q.input for r in records for q in r.queries][:args.runs + 1]
 
     def routed(text: str):
-        return generate_with_routes(generator, [("document", text)], rank=settings.document_route_rank,
-                                    max_routes=settings.document_max_routes)[0]
+        return generate_served(generator, [("document", text)], settings)[0]
 
     # a new text every run: the sentence encoder keeps what it has embedded
     one, many = timed([lambda i: generator.generate_adapter(paragraphs[i], "document"),

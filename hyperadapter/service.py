@@ -30,7 +30,7 @@ class Services:
     @classmethod
     def create(cls, settings: Settings, load_generator: bool = True) -> "Services":
         from hyperadapter.generator import Generator, GeneratorError
-        from hyperadapter.generator.routed import generate_with_routes
+        from hyperadapter.generator.routed import generate_served
         from hyperadapter.retrieval.cache import AdapterCache
         from hyperadapter.retrieval.store import AdapterStore
 
@@ -55,10 +55,7 @@ class Services:
             if generator is None:
                 raise GeneratorError("this process was started without a generator")
             with lock:  # one generation at a time: they share the base's threads anyway
-                if not settings.document_routes:
-                    return generator.generate_many(items)
-                return generate_with_routes(generator, items, rank=settings.document_route_rank,
-                                            max_routes=settings.document_max_routes)
+                return generate_served(generator, items, settings)
 
         def generate(kind: str, context: str):
             return generate_many([(kind, context)])[0]

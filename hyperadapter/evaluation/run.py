@@ -53,12 +53,8 @@ def catalogue_blender(generator, data_dir: Path, per_kind: int, k: int, tmp_root
 
 def served(generator, settings: Settings):
     """`(kind, context) -> Adapter` as the service makes it: a document's with its sentence routes."""
-    from hyperadapter.generator.routed import generate_with_routes
-
-    def make(kind: str, context: str):
-        return generate_with_routes(generator, [(kind, context)], rank=settings.document_route_rank,
-                                    max_routes=settings.document_max_routes)[0]
-    return make
+    from hyperadapter.generator.routed import generate_served
+    return lambda kind, context: generate_served(generator, [(kind, context)], settings)[0]
 
 
 def load_multitask_lora(config: EvalConfig) -> "Adapter":

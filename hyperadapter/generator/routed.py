@@ -43,7 +43,7 @@ def routes_from(encoder: SentenceEncoder, pieces: list[str], adapters: list[Adap
     """Routes over `pieces` and their adapters; with `rank`, each adapter compressed to that rank (the best
     approximation of its update, Adapter.compressed) and stored as float16."""
     if rank is not None:
-        adapters = [a.compressed(rank).to(ADAPTER_DTYPE) for a in adapters]
+        adapters = Adapter.compress_all(adapters, rank, ADAPTER_DTYPE)
     return Routes(adapters, unit_embeddings(encoder, pieces))
 
 
@@ -62,11 +62,11 @@ def generate_with_routes(generator: Generator, items: Sequence[tuple[str, str]],
                          max_routes: int) -> list[Adapter]:
     """generate_many, where each document of more than one sentence also gets its routes (at most `max_routes`
     pieces), its pieces' adapters made in the same batched call as the documents'."""
-    if generator.sentence_encoder is None:
-        raise GeneratorError("routing needs the generator's sentence encoder")
     items = list(items)
     pieces = {i: pieces_for(context, max_routes) for i, (kind, context) in enumerate(items) if kind == "document"}
     pieces = {i: p for i, p in pieces.items() if len(p) > 1}
+    if pieces and generator.sentence_encoder is None:
+        raise GeneratorError("routing needs the generator's sentence encoder")
     extra = [("document", p) for i in pieces for p in pieces[i]]
     made = generator.generate_many(items + extra)
     adapters, start = made[:len(items)], len(items)
@@ -74,6 +74,15 @@ def generate_with_routes(generator: Generator, items: Sequence[tuple[str, str]],
         adapters[i].routes = routes_from(generator.sentence_encoder, ps, made[start:start + len(ps)], rank)
         start += len(ps)
     return adapters
+
+
+def generate_served(generator: Generator, items: Sequence[tuple[str, str]], settings) -> list[Adapter]:
+    """generate_many as the service makes adapters: documents with their routes, unless `settings` turn them
+    off (document_routes, document_route_rank, document_max_routes)."""
+    if not settings.document_routes:
+        return generator.generate_many(items)
+    return generate_with_routes(generator, items, rank=settings.document_route_rank,
+                                max_routes=settings.document_max_routes)
 
 
 def route(encoder: SentenceEncoder, adapter: Adapter, question: str) -> tuple[Adapter, tuple[int, float] | None]:
