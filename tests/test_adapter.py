@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hyperadapter.adapter import ROUTES_NAME, Adapter, AdapterError, Routes
-from tests.conftest import make_adapter
+from tests.conftest import make_adapter, relative_difference
 
 
 def test_save_load_roundtrip_is_exact(base, tmp_path):
@@ -119,3 +119,25 @@ def test_combine_is_the_weighted_sum_and_compress_keeps_the_best_rank(base):
     u, s, vh = torch.linalg.svd(expected)
     best4 = (u[:, :4] * s[:4]) @ vh[:4]
     assert torch.allclose(combined.compressed(4).delta_weight(m), best4, atol=1e-4)
+
+
+def test_compress_all_is_each_ones_best_approximation_also_when_its_slots_coincide(base):
+    plain = make_adapter(base, 3)
+    collapsed = make_adapter(base, 4)  # every slot the same row and column, as the shipped generator writes them
+    for module, (a, b) in collapsed.weights.items():
+        collapsed.weights[module] = (a[:1].repeat(8, 1), b[:, :1].repeat(1, 8))
+    for rank in (1, 4):
+        together = Adapter.compress_all([plain, collapsed], rank, torch.float16)
+        for adapter, made in zip((plain, collapsed), together):
+            assert made.rank == rank and made.alpha == rank
+            for m in adapter.weights:
+                assert made.weights[m][0].dtype == torch.float16
+                full = adapter.delta_weight(m)
+                u, s, vh = torch.linalg.svd(full)
+                best = (u[:, :rank] * s[:rank]) @ vh[:rank]
+                assert torch.isfinite(made.delta_weight(m)).all()
+                assert relative_difference(made.delta_weight(m), best) < 2e-3, (rank, m)
+    # a rank-1 update loses nothing at rank 1
+    m = _first(collapsed)
+    one = Adapter.compress_all([collapsed], 1)[0]
+    assert relative_difference(one.delta_weight(m), collapsed.delta_weight(m)) < 1e-4
