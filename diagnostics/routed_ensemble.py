@@ -6,6 +6,8 @@ the two nearest for 86.6%; routing by an oracle would lift F1 from 10.7 to 12.4 
 added (diagnostic 8), but two adapters' replies can be mixed token by token (a product of experts): if one of them
 knows the answer its tokens may stay on top. With `--gap G`, only questions whose two nearest sentences are within
 G in cosine get the pair (the nearest wins by a wide margin when it is right: median 0.15 against 0.05).
+With `--mix confident` the pair is not mixed: the adapter more sure of its first token (the higher top
+log-probability) answers alone.
 Greedy decoding with the served document penalties, as runtime.DecodeBatch does them, on each row's shared output.
   python diagnostics/routed_ensemble.py --config configs/eval_validation_documents_routed.toml [--gap 0.1]
 Prints mean SQuAD F1 over the questions for: the nearest alone, and the pair.
@@ -59,10 +61,20 @@ def greedy(base, runtime: LoraRuntime, prompt: str, adapters: list, max_new: int
     return base.tokenizer.decode(out, skip_special_tokens=True).strip()
 
 
+@torch.inference_mode()
+def most_confident(base, runtime: LoraRuntime, prompt: str, adapters: list):
+    """The adapter whose first next-token distribution has the highest top log-probability."""
+    ids = torch.tensor([base.tokenizer(prompt, add_special_tokens=False)["input_ids"]] * len(adapters))
+    with runtime.activate(adapters):
+        first = F.log_softmax(base.model(input_ids=ids).logits[:, -1].float(), -1)
+    return adapters[int(first.amax(-1).argmax())]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--gap", type=float, default=1.0, help="pair only when the two nearest are this close")
+    ap.add_argument("--mix", choices=("mean", "confident"), default="mean")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -83,15 +95,18 @@ def main() -> None:
             alone.append(metrics.squad_f1(one, q.answers))
             if len(top) > 1 and cos[top[0]] - cos[top[1]] < args.gap:
                 n_paired += 1
-                two = greedy(base, runtime, prompt, [routes.adapters[i] for i in top[:2]], config.max_new_tokens,
-                             config.frequency_penalty, config.presence_penalty)
+                pair = [routes.adapters[i] for i in top[:2]]
+                if args.mix == "confident":
+                    pair = [most_confident(base, runtime, prompt, pair)]
+                two = greedy(base, runtime, prompt, pair, config.max_new_tokens, config.frequency_penalty,
+                             config.presence_penalty)
                 paired.append(metrics.squad_f1(two, q.answers))
             else:
                 paired.append(alone[-1])
     diffs = [b - a for a, b in zip(alone, paired)]
     se = statistics.stdev(diffs) / len(diffs) ** 0.5
-    print(f"{len(alone)} questions, {n_paired} paired (gap < {args.gap}): nearest alone F1 {100 * statistics.mean(alone):.1f}, "
-          f"with the pair {100 * statistics.mean(paired):.1f} ({100 * statistics.mean(diffs):+.1f} +- {100 * se:.1f}, "
+    print(f"{len(alone)} questions, {n_paired} paired (gap < {args.gap}, {args.mix}): nearest alone F1 "
+          f"{100 * statistics.mean(alone):.1f}, with the pair {100 * statistics.mean(paired):.1f} ({100 * statistics.mean(diffs):+.1f} +- {100 * se:.1f}, "
           "SE over questions)")
 
 
