@@ -106,8 +106,8 @@ def main() -> None:
     diffs = [b - a for a, b in zip(alone, paired)]
     se = statistics.stdev(diffs) / len(diffs) ** 0.5
     print(f"{len(alone)} questions, {n_paired} paired (gap < {args.gap}, {args.mix}): nearest alone F1 "
-          f"{100 * statistics.mean(alone):.1f}, with the pair {100 * statistics.mean(paired):.1f} ({100 * statistics.mean(diffs):+.1f} +- {100 * se:.1f}, "
-          "SE over questions)")
+          f"{100 * statistics.mean(alone):.1f}, with the pair {100 * statistics.mean(paired):.1f} "
+          f"({100 * statistics.mean(diffs):+.1f} +- {100 * se:.1f}, SE over questions)")
 
 
 if __name__ == "__main__":
