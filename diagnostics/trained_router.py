@@ -8,6 +8,8 @@ from the packaged embeddings alone (what the service stores per route), trained 
 paragraph's sentences towards the sentences that hold the question's answer. It reports how often the top
 sentence holds the answer on the validation questions of `--config`, beside the cosine. No decoding.
   python diagnostics/trained_router.py --config configs/eval_validation_documents_routed.toml [--paragraphs 3000]
+      [--diagonal] [--lr 3e-3]
+With --diagonal the learned part is only a weight per embedding dimension (384 numbers instead of 49,152).
 """
 
 from __future__ import annotations
@@ -54,6 +56,18 @@ class Router(torch.nn.Module):
         return sentences @ question + (sentences @ self.v.T) @ (self.u @ question)
 
 
+class DiagonalRouter(torch.nn.Module):
+    """sum_i w_i q_i s_i: the cosine with each embedding dimension reweighted (w = 1 at the start)."""
+
+    def __init__(self, dim: int = 384):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(dim))
+        self.temperature = torch.nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, question: torch.Tensor, sentences: torch.Tensor) -> torch.Tensor:
+        return sentences @ (self.w * question)
+
+
 def accuracy(score, data) -> float:
     return sum(int(score(q, s).argmax()) in holders for q, s, holders in data) / len(data)
 
@@ -63,6 +77,8 @@ def main() -> None:
     ap.add_argument("--config", required=True)
     ap.add_argument("--paragraphs", type=int, default=3000)
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--diagonal", action="store_true", help="reweight the cosine's dimensions only (384 numbers)")
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -72,8 +88,8 @@ def main() -> None:
     train_records = load_split(settings.prepared_data_dir, "train", "document")
     train = examples(encoder, random.sample(train_records, min(args.paragraphs, len(train_records))))
     held = examples(encoder, eval_records(settings.prepared_data_dir, load_eval_config(args.config), "document"))
-    router = Router()
-    optimiser = torch.optim.Adam(router.parameters(), lr=3e-3)
+    router = DiagonalRouter() if args.diagonal else Router()
+    optimiser = torch.optim.Adam(router.parameters(), lr=args.lr)
     for epoch in range(args.epochs):
         random.shuffle(train)
         total = 0.0
