@@ -68,14 +68,15 @@ def cmd_generate(args) -> int:
         adapter = services.store.load(result.record.id)
     prompt = format_prompt(services.base, args.prompt, raw=args.raw)
     frequency, presence = penalties(adapter, args.frequency_penalty, args.presence_penalty)
-    if adapter is not None and adapter.routes is not None and not args.no_route:
+    if adapter is not None and not args.no_route:
         from hyperadapter.generator.routed import route
-        routes = len(adapter.routes.adapters)
         try:
-            adapter, (index, cosine) = route(services.encoder, adapter, args.prompt)
+            adapter, taken = route(services.encoder, adapter, args.prompt)
         except AdapterError as exc:
             raise CLIError(str(exc)) from exc
-        print(f"routed to sentence {index + 1} of {routes} (cosine {cosine:.2f})", file=sys.stderr)
+        if taken is not None:
+            print(f"routed to sentence {taken.sentence + 1} of {taken.routes} (cosine {taken.similarity:.2f})",
+                  file=sys.stderr)
     params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_p=args.top_p, seed=args.seed, strip_leading=not args.raw,
                               frequency_penalty=frequency, presence_penalty=presence)

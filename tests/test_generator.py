@@ -769,8 +769,8 @@ def test_document_routes_answer_each_question_with_its_nearest_sentences_adapter
     document = generator.generate_adapter(KESSEL, "document")
     document.routes = routes
     for i, question in enumerate(KESSEL_QUESTIONS):
-        picked, (index, cosine) = route(sentence_encoder, document, question)
-        assert picked is routes.adapters[i] and index == i and 0 < cosine <= 1
+        picked, (index, cosine, count) = route(sentence_encoder, document, question)
+        assert picked is routes.adapters[i] and index == i and 0 < cosine <= 1 and count == 3
     assert route(sentence_encoder, alone, KESSEL_QUESTIONS[0]) == (alone, None)  # no routes: itself
     assert sentence_groups(KESSEL, 2) == [" ".join(pieces[:2]), pieces[2]]
     with pytest.raises(GeneratorError, match="empty"):

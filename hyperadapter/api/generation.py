@@ -65,11 +65,11 @@ def _submit(prompt: str, body, kind: str, question: str):
                           f"context of {context_window} tokens")
     frequency, presence = penalties(adapter, body.frequency_penalty, body.presence_penalty)
     routed = None
-    if body.route and adapter is not None and adapter.routes is not None:
-        routes = len(adapter.routes.adapters)
-        adapter, (index, cosine) = route(s.services.encoder, adapter, question)
-        routed = {"sentence": index, "similarity": round(cosine, 4), "routes": routes}
-        s.metrics.routed.inc()
+    if body.route and adapter is not None:
+        adapter, taken = route(s.services.encoder, adapter, question)
+        if taken is not None:
+            routed = {**taken._asdict(), "similarity": round(taken.similarity, 4)}
+            s.metrics.routed.inc()
     params = GenerationParams(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                               frequency_penalty=frequency, presence_penalty=presence,
                               seed=body.seed, stop=list(body.stop or []), ignore_eos=body.ignore_eos,

@@ -10,7 +10,7 @@ question (`route`); the one adapter is what a PEFT export applies.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from torch import Tensor
 from torch.nn.functional import normalize
@@ -85,10 +85,16 @@ def generate_served(generator: Generator, items: Sequence[tuple[str, str]], sett
                                 max_routes=settings.document_max_routes)
 
 
-def route(encoder: SentenceEncoder, adapter: Adapter, question: str) -> tuple[Adapter, tuple[int, float] | None]:
-    """(the adapter to answer `question` with, (its route's index, cosine to the question)): the adapter of the
-    sentence nearest to the question when `adapter` has routes, else `adapter` itself (and None)."""
+class Route(NamedTuple):
+    sentence: int  # the index of the route whose adapter answers
+    similarity: float  # its sentence's cosine to the question
+    routes: int  # how many the document has
+
+
+def route(encoder: SentenceEncoder, adapter: Adapter, question: str) -> tuple[Adapter, Route | None]:
+    """(the adapter to answer `question` with, the route taken): the adapter of the sentence nearest to the
+    question when `adapter` has routes, else `adapter` itself (and None)."""
     if adapter.routes is None:
         return adapter, None
     index, cosine = adapter.routes.nearest(unit_embeddings(encoder, [question])[0])
-    return adapter.routes.adapters[index], (index, cosine)
+    return adapter.routes.adapters[index], Route(index, cosine, len(adapter.routes.adapters))
