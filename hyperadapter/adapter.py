@@ -334,9 +334,9 @@ class Routes:
     @classmethod
     def load(cls, path: Path, base_model: str) -> "Routes":
         try:
-            tensors = load_file(path)
-            with safe_open(path, "pt") as f:
+            with safe_open(path, "pt") as f:  # one read: the header's alpha and the tensors
                 alpha = float((f.metadata() or {})["lora_alpha"])
+                tensors = {key: f.get_tensor(key) for key in f.keys()}
         except Exception as exc:  # safetensors raises several types for a damaged file
             raise AdapterError(f"{path}: cannot read sentence routes ({exc})") from exc
         vectors = tensors.pop("vectors", None)
