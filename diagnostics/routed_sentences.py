@@ -68,11 +68,16 @@ class RoutedSentences(System):
         routes, query = self.made[doc], record.queries[0]
         if self.oracle:  # a bound, not a system: the first piece that holds an answer, when one does
             pieces = sentence_groups(self.contexts[doc], self.group)
-            holders = [i for i, p in enumerate(pieces) if any(a and a in p for a in query.answers)]
+            holders = answer_holders(pieces, query.answers)
             if holders:
                 return routes.adapters[holders[0]]
         question = unit_embeddings(self.generator.sentence_encoder, [query.input])[0]
         return routes.adapters[routes.nearest(question)[0]]
+
+
+def answer_holders(pieces: list[str], answers: list[str]) -> list[int]:
+    """The pieces that hold one of `answers` word for word."""
+    return [i for i, p in enumerate(pieces) if any(a and a in p for a in answers)]
 
 
 def routing(encoder: SentenceEncoder, records: list[ContextRecord], group: int = 1) -> dict[str, float]:
@@ -83,7 +88,7 @@ def routing(encoder: SentenceEncoder, records: list[ContextRecord], group: int =
         parts = sentence_groups(r.context, group)
         vectors = unit_embeddings(encoder, parts)
         for q in r.queries:
-            holders = [i for i, p in enumerate(parts) if any(a and a in p for a in q.answers)]
+            holders = answer_holders(parts, q.answers)
             if holders:
                 question = unit_embeddings(encoder, [q.input])[0]
                 hits += int((vectors @ question).argmax()) in holders

@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from routed_sentences import answer_holders  # noqa: E402
 
 from hyperadapter.base import Base, load_base  # noqa: E402
 from hyperadapter.config import load_settings  # noqa: E402
@@ -77,7 +80,7 @@ def main() -> None:
         pieces = sentence_groups(record.context)
         vectors = unit_embeddings(encoder, pieces)
         for q in record.queries:
-            holders = [i for i, p in enumerate(pieces) if any(a and a in p for a in q.answers)]
+            holders = answer_holders(pieces, q.answers)
             if not holders:
                 continue
             n += 1

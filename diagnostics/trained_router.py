@@ -22,6 +22,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from routed_sentences import answer_holders  # noqa: E402
 
 from hyperadapter.config import load_settings  # noqa: E402
 from hyperadapter.data.schema import load_split  # noqa: E402
@@ -35,7 +38,7 @@ def examples(encoder: SentenceEncoder, records) -> list[tuple[torch.Tensor, torc
     out = []
     for r in records:
         pieces = sentence_groups(r.context)
-        asked = [(q, [i for i, p in enumerate(pieces) if any(a and a in p for a in q.answers)]) for q in r.queries]
+        asked = [(q, answer_holders(pieces, q.answers)) for q in r.queries]
         asked = [(q, holders) for q, holders in asked if holders and len(pieces) > 1]
         if not asked:
             continue
