@@ -291,24 +291,42 @@ class Routes:
 
     adapters: list[Adapter]  # the same modules, rank and alpha
     vectors: Tensor  # [adapters, dim]: each sentence's unit embedding
+    # per adapter, its sentence's content-word keys (int64, generator.routed.word_keys): the words, not the text;
+    # None in routes made before words were kept, which route by the cosine alone
+    words: list[Tensor] | None = None
 
     def __post_init__(self):
         if not self.adapters or self.vectors.dim() != 2 or self.vectors.shape[0] != len(self.adapters):
             raise AdapterError(f"routes need one sentence vector per adapter, got {len(self.adapters)} adapters "
                                f"and vectors of shape {tuple(self.vectors.shape)}")
+        if self.words is not None and len(self.words) != len(self.adapters):
+            raise AdapterError(f"routes need one set of word keys per adapter, got {len(self.words)} for "
+                               f"{len(self.adapters)} adapters")
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.adapters) + self.vectors.numel() * self.vectors.element_size()
+        words = sum(w.numel() * w.element_size() for w in self.words or [])
+        return sum(a.nbytes for a in self.adapters) + self.vectors.numel() * self.vectors.element_size() + words
 
-    def nearest(self, question: Tensor) -> tuple[int, float]:
-        """(index, cosine) of the sentence nearest to a question's unit embedding."""
+    def nearest(self, question: Tensor, keys: Tensor | None = None, words: float = 0.0) -> tuple[int, float]:
+        """(index, cosine) of the sentence nearest to a question's unit embedding: by the cosine alone, or, with
+        the question's word `keys` and a weight `words`, by z(cosine) + words * z(shared words) (z: standardised
+        over the document's sentences; routes that kept no words go by the cosine)."""
         if question.shape != self.vectors.shape[1:]:
             raise AdapterError(f"a question embedding of shape {tuple(question.shape)} cannot be routed among "
                                f"sentence vectors of dimension {self.vectors.shape[1]}")
         cosines = self.vectors @ question.to(self.vectors.dtype)
-        best = int(cosines.argmax())
+        score = cosines
+        if words and keys is not None and self.words is not None:
+            score = _standardised(cosines) + words * _standardised(self.shared_words(keys))
+        best = int(score.argmax())
         return best, float(cosines[best])
+
+    def shared_words(self, keys: Tensor) -> Tensor:
+        """[routes]: per sentence, the question's word `keys` it holds, each weighted by log(1 + sentences /
+        sentences holding it), so that a word every sentence has counts for little."""
+        holds = torch.stack([torch.isin(keys, w) for w in self.words]).float()  # [routes, question words]
+        return holds @ torch.log1p(len(self.words) / holds.sum(0).clamp(min=1))
 
     def save(self, path: Path) -> None:
         """One safetensors file: per module the adapters' factors stacked ([adapters, r, in] and
@@ -317,6 +335,9 @@ class Routes:
         tensors = {f"{module}.lora_{ab}": torch.stack([a.weights[module][i] for a in self.adapters]).contiguous()
                    for module in sorted(first.weights) for i, ab in enumerate("AB")}
         tensors["vectors"] = self.vectors.float().contiguous()
+        if self.words is not None:  # ragged: all keys in one tensor, and how many each route has
+            tensors["words"] = torch.cat(self.words).to(torch.int64).contiguous()
+            tensors["word_counts"] = torch.tensor([len(w) for w in self.words], dtype=torch.int64)
         save_file(tensors, path, metadata={"format": "pt", "lora_alpha": str(first.alpha)})
 
     @staticmethod
@@ -342,6 +363,11 @@ class Routes:
         vectors = tensors.pop("vectors", None)
         if vectors is None:
             raise AdapterError(f"{path}: no sentence vectors")
+        words, counts = tensors.pop("words", None), tensors.pop("word_counts", None)
+        if (words is None) != (counts is None) or counts is not None and (
+                counts.dim() != 1 or counts.shape[0] != vectors.shape[0] or int(counts.sum()) != words.numel()
+                or bool((counts < 0).any())):
+            raise AdapterError(f"{path}: word keys that do not match its {vectors.shape[0]} routes")
         stacked: dict[str, dict[str, Tensor]] = {}
         for key, tensor in tensors.items():
             module, _, ab = key.rpartition(".lora_")
@@ -352,7 +378,11 @@ class Routes:
             raise AdapterError(f"{path}: every module needs both lora_A and lora_B")
         adapters = [Adapter({m: (ab["A"][i], ab["B"][i]) for m, ab in stacked.items()}, alpha, base_model)
                     for i in range(vectors.shape[0])]
-        return cls(adapters, vectors)
+        return cls(adapters, vectors, None if words is None else list(words.split(counts.tolist())))
+
+
+def _standardised(x: Tensor) -> Tensor:
+    return (x - x.mean()) / (x.std() + 1e-6) if len(x) > 1 else x * 0
 
 
 def _roots(eigenvalues: Tensor, floor: float = 1e-6) -> tuple[Tensor, Tensor]:

@@ -7,6 +7,7 @@ Precedence (last wins): defaults < config file < environment. Nested tables map 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -44,10 +45,13 @@ class Settings:
     # past that: an adapter holds two sentences less well than one), each compressed to document_route_rank; a
     # request is answered with the adapter of the sentence nearest to its question (hyperadapter.generator.routed;
     # model card, diagnostic 10). Rank 1 scores as rank 8 (the generator's updates are rank 1 in all but name)
-    # in an eighth of the bytes: 0.24 MB a sentence.
+    # in an eighth of the bytes: 0.24 MB a sentence. document_route_words: how much the question's words shared
+    # with a sentence weigh beside the cosine (Routes.nearest; 0: the cosine alone; the weight was chosen on
+    # training-split questions, diagnostics/lexical_router.py).
     document_routes: bool = True
     document_route_rank: int = 1
     document_max_routes: int = 128
+    document_route_words: float = 0.0
 
     # api
     host: str = "127.0.0.1"
@@ -78,6 +82,9 @@ class Settings:
             raise ValueError(f"setting document_route_rank must be at least 1, got {self.document_route_rank}")
         if self.document_max_routes < 2:
             raise ValueError(f"setting document_max_routes must be at least 2, got {self.document_max_routes}")
+        if not 0 <= self.document_route_words < math.inf:
+            raise ValueError(f"setting document_route_words must be a finite number at least 0, got "
+                             f"{self.document_route_words}")
 
     def cache_threshold(self, kind: str) -> float:
         return float(getattr(self, f"cache_threshold_{kind}"))

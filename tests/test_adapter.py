@@ -53,6 +53,39 @@ def test_routes_travel_beside_the_peft_files_and_load_back_exactly(base, tmp_pat
     assert not (tmp_path / "a" / ROUTES_NAME).exists() and Adapter.load(tmp_path / "a").routes is None
 
 
+def test_routes_keep_their_sentences_word_keys_and_weigh_them_beside_the_cosine(base, tmp_path):
+    from hyperadapter.generator.routed import word_keys
+    sentences = ["The mill was rebuilt by Ida Wren.", "The club plays in green shirts.", "The bakery sells rye bread."]
+    adapter = _with_routes(base)
+    adapter.routes.words = [word_keys(s) for s in sentences]
+    adapter.save(tmp_path / "a")
+    loaded = Adapter.load(tmp_path / "a").routes
+    assert all(torch.equal(a, b) for a, b in zip(loaded.words, adapter.routes.words))
+    # the question's embedding lies nearest sentence 0, its words are sentence 2's
+    vectors = loaded.vectors
+    question = torch.nn.functional.normalize(vectors[0] + 0.8 * vectors[2], dim=0)
+    keys = word_keys("Which bread does the bakery sell?")
+    assert loaded.nearest(question)[0] == 0 and loaded.nearest(question, keys, 0.0)[0] == 0
+    index, cosine = loaded.nearest(question, keys, 2.0)
+    assert index == 2 and cosine == pytest.approx(float(vectors[2] @ question), abs=1e-6)
+    # words every sentence holds pick none of them; so do no words at all
+    assert loaded.nearest(question, word_keys("the the the"), 2.0)[0] == 0
+    assert loaded.nearest(question, word_keys("mill club bakery"), 2.0)[0] == 0
+    # routes saved without words route by the cosine, whatever the weight
+    adapter.routes.words = None
+    adapter.save(tmp_path / "b")
+    assert Adapter.load(tmp_path / "b").routes.words is None
+    assert Adapter.load(tmp_path / "b").routes.nearest(question, keys, 2.0)[0] == 0
+
+
+def test_word_keys_are_the_content_words_cut_short_and_stable():
+    from hyperadapter.generator.routed import word_keys
+    keys = word_keys("Who rebuilt the mill?")
+    assert len(keys) == 2 and torch.equal(keys, word_keys("the MILL, rebuilding... who?"))
+    assert keys.dtype == torch.int64 and torch.equal(keys, keys.sort().values)
+    assert len(word_keys("what is the of")) == 0 and not torch.equal(keys, word_keys("Who rebuilt the mall?"))
+
+
 def test_broken_routes_are_refused_with_their_reason(base, tmp_path):
     with pytest.raises(AdapterError, match="one sentence vector per adapter"):
         Routes([make_adapter(base, 1)], torch.zeros(2, 384))
@@ -62,6 +95,17 @@ def test_broken_routes_are_refused_with_their_reason(base, tmp_path):
         Adapter.load(tmp_path / "a")
     with pytest.raises(AdapterError, match="cannot read sentence routes"):
         Routes.count(tmp_path / "a")
+    with pytest.raises(AdapterError, match="one set of word keys per adapter"):
+        Routes([make_adapter(base, 1)], torch.zeros(1, 384), [torch.zeros(2), torch.zeros(1)])
+    routes = _with_routes(base).routes
+    routes.words = [torch.arange(3), torch.arange(2), torch.arange(4)]
+    tensors = {"vectors": routes.vectors, "words": torch.arange(9), "word_counts": torch.tensor([3, 2, 3])}
+    routes.save(tmp_path / "r.safetensors")
+    from safetensors.torch import load_file, save_file
+    saved = load_file(tmp_path / "r.safetensors")
+    save_file({**saved, **tensors}, tmp_path / "r.safetensors", metadata={"lora_alpha": "4.0"})
+    with pytest.raises(AdapterError, match="word keys that do not match its 3 routes"):
+        Routes.load(tmp_path / "r.safetensors", base.model_id)
 
 
 def test_save_replaces_atomically_and_leaves_no_temp(base, tmp_path):

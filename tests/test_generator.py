@@ -754,7 +754,7 @@ KESSEL_QUESTIONS = ["Who rebuilt the mill?", "What colour are the football club'
 
 
 def test_document_routes_answer_each_question_with_its_nearest_sentences_adapter(base, sentence_encoder):
-    from hyperadapter.generator.routed import document_routes, route, sentence_groups
+    from hyperadapter.generator.routed import document_routes, route, sentence_groups, word_keys
     from hyperadapter.config import DEFAULT_GENERATOR
     generator = Generator.from_pretrained(DEFAULT_GENERATOR, base, sentence_encoder)
     pieces = sentence_groups(KESSEL)
@@ -768,9 +768,11 @@ def test_document_routes_answer_each_question_with_its_nearest_sentences_adapter
     assert worst_relative_difference(routes.adapters[0], alone) > 0.1
     document = generator.generate_adapter(KESSEL, "document")
     document.routes = routes
+    assert all(torch.equal(w, word_keys(p)) for w, p in zip(routes.words, pieces))  # the words, not the text
     for i, question in enumerate(KESSEL_QUESTIONS):
-        picked, (index, cosine, count) = route(sentence_encoder, document, question)
-        assert picked is routes.adapters[i] and index == i and 0 < cosine <= 1 and count == 3
+        for words in (0.0, 1.0):
+            picked, (index, cosine, count) = route(sentence_encoder, document, question, words)
+            assert picked is routes.adapters[i] and index == i and 0 < cosine <= 1 and count == 3
     assert route(sentence_encoder, alone, KESSEL_QUESTIONS[0]) == (alone, None)  # no routes: itself
     assert sentence_groups(KESSEL, 2) == [" ".join(pieces[:2]), pieces[2]]
     with pytest.raises(GeneratorError, match="empty"):

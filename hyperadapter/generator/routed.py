@@ -9,9 +9,12 @@ question (`route`); the one adapter is what a PEFT export applies.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from typing import NamedTuple, Sequence
 
+import torch
 from torch import Tensor
 from torch.nn.functional import normalize
 
@@ -32,6 +35,23 @@ def unit_embeddings(encoder: SentenceEncoder, texts: list[str]) -> Tensor:
     return normalize(encoder.encode(texts).float(), dim=-1)
 
 
+# Words that say what a question asks, not what about: they never pick a sentence.
+STOP_WORDS = frozenset("the a an of in on at to for by with and or is was were are be been what which who whom whose "
+                       "when where why how did does do that this these those it its as from than then into about "
+                       "after before during".split())
+WORD_PREFIX = 4  # words are cut to their first letters, a stemmer that costs nothing ("rebuilt" ~ "rebuild");
+# 4 found the most answers on training questions (diagnostics/lexical_router.py)
+
+
+def word_keys(text: str) -> Tensor:
+    """The sorted int64 keys of `text`'s content words (lower case, stop words dropped, cut to WORD_PREFIX
+    letters), each a stable 8-byte hash: what a route keeps of its sentence, the words' keys and not the text."""
+    words = {w[:WORD_PREFIX] for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in STOP_WORDS}
+    keys = [int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little", signed=True)
+            for w in words]
+    return torch.tensor(sorted(keys), dtype=torch.int64)
+
+
 def pieces_for(text: str, max_routes: int) -> list[str]:
     """One piece per sentence, or, past `max_routes` sentences, as few sentences per piece as keep within it."""
     sentences = sentence_groups(text)
@@ -44,7 +64,7 @@ def routes_from(encoder: SentenceEncoder, pieces: list[str], adapters: list[Adap
     approximation of its update, Adapter.compressed) and stored as float16."""
     if rank is not None:
         adapters = Adapter.compress_all(adapters, rank, ADAPTER_DTYPE)
-    return Routes(adapters, unit_embeddings(encoder, pieces))
+    return Routes(adapters, unit_embeddings(encoder, pieces), [word_keys(p) for p in pieces])
 
 
 def document_routes(generator: Generator, text: str, group: int = 1, rank: int | None = None) -> Routes:
@@ -91,10 +111,12 @@ class Route(NamedTuple):
     routes: int  # how many the document has
 
 
-def route(encoder: SentenceEncoder, adapter: Adapter, question: str) -> tuple[Adapter, Route | None]:
-    """(the adapter to answer `question` with, the route taken): the adapter of the sentence nearest to the
-    question when `adapter` has routes, else `adapter` itself (and None)."""
+def route(encoder: SentenceEncoder, adapter: Adapter, question: str,
+          words: float = 0.0) -> tuple[Adapter, Route | None]:
+    """(the adapter to answer `question` with, the route taken): when `adapter` has routes, the adapter of the
+    sentence nearest to the question (Routes.nearest, its words weighing `words`), else `adapter` itself (and
+    None)."""
     if adapter.routes is None:
         return adapter, None
-    index, cosine = adapter.routes.nearest(unit_embeddings(encoder, [question])[0])
+    index, cosine = adapter.routes.nearest(unit_embeddings(encoder, [question])[0], word_keys(question), words)
     return adapter.routes.adapters[index], Route(index, cosine, len(adapter.routes.adapters))
