@@ -253,7 +253,7 @@ def cmd_compare(args) -> int:
     from hyperadapter.evaluation import compare
 
     runs = []
-    for path in (args.a, args.b):
+    for path in (args.a, args.b, *(args.exclude or [])):
         file = Path(path) / "results.json" if Path(path).is_dir() else Path(path)
         try:
             runs.append(json.loads(file.read_text()))
@@ -261,8 +261,11 @@ def cmd_compare(args) -> int:
             raise CLIError(f"{path}: not a readable results.json ({exc})") from None
     system_b = args.system_b or args.system
     recorded = compare.recorded_groups(runs[0]) or compare.recorded_groups(runs[1])
+    excluded = set().union(*(compare.scored_ids(run) for run in runs[2:]))
     rows = compare.paired(runs[0], runs[1], args.system, system_b, KINDS,
-                          groups=None if recorded else _data_groups(runs[0]))
+                          groups=None if recorded else _data_groups(runs[0]), exclude=excluded)
+    if excluded:
+        print(f"leaving out the {len(excluded)} contexts scored in {', '.join(args.exclude)}")
     if not rows:
         held = "; ".join(f"{path} holds {', '.join(sorted(run.get('systems', {}))) or 'no systems'}"
                          for path, run in ((args.a, runs[0]), (args.b, runs[1])))
@@ -430,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("b", help="another results.json (or folder) of the same contexts")
     cp.add_argument("--system", default="generated", help="the system compared (default: generated)")
     cp.add_argument("--system-b", help="the system in b, if not the same")
+    cp.add_argument("--exclude", action="append", metavar="RUN",
+                    help="leave out the contexts this run scored (a replication on a fresh sample); repeatable")
     cp.set_defaults(func=cmd_compare)
 
     bn = sub.add_parser("bench", help="run a benchmark from benchmarks/ (prints ratios measured side by side)")

@@ -350,6 +350,12 @@ def test_compare_pairs_contexts_by_id_and_the_cli_refuses_what_it_cannot_read(tm
         (tmp_path / name / "results.json").write_text(json.dumps(data))
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     assert "| document | 3 | 20.0 | 23.0 | +3.0 ± 0.6 |" in capsys.readouterr().out
+    # a replication leaves out the contexts an earlier run scored (here d1): a fresh sample
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "results.json").write_text(json.dumps(run({"d1": 0.0})))
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--exclude", str(tmp_path / "earlier")]) == 0
+    out = capsys.readouterr().out
+    assert "leaving out the 1 contexts" in out and "| document | 2 | 25.0 | 28.5 | +3.5 ± 0.5 |" in out
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--system", "base"]) == 2
     assert "results/a holds generated" in capsys.readouterr().err.replace(str(tmp_path), "results")

@@ -60,17 +60,24 @@ def balanced(diffs: list[float], groups: list[str]) -> tuple[float, float]:
     return mean, math.sqrt(sum((m - mean) ** 2 for m in means) / (k - 1) / k)
 
 
+def scored_ids(results: dict) -> set[str]:
+    """Every context id any system of a results.json was scored on."""
+    return {c["id"] for kinds in results.get("systems", {}).values() for block in kinds.values()
+            for c in block.get("per_context", [])}
+
+
 def paired(a: dict, b: dict, system_a: str, system_b: str, kinds: tuple[str, ...],
-           groups: dict[str, str] | None = None) -> dict[str, dict]:
+           groups: dict[str, str] | None = None, exclude: set[str] = frozenset()) -> dict[str, dict]:
     """{kind: {"contexts", "a", "b", "diff", "se"[, "groups", "se_groups", "balanced", "se_balanced"]}}:
-    b minus a over the contexts both scored; the group entries when every shared context's group is
-    known (from `groups`, or recorded in either run)."""
+    b minus a over the contexts both scored but those in `exclude` (e.g. scored_ids of an earlier run, so that
+    a replication reads a fresh sample); the group entries when every shared context's group is known (from
+    `groups`, or recorded in either run)."""
     groups = {**(groups or {}), **recorded_groups(a), **recorded_groups(b)}
     system_a, system_b = result_name(a, system_a), result_name(b, system_b)
     out = {}
     for kind in kinds:
         sa, sb = per_context(a, system_a, kind), per_context(b, system_b, kind)
-        shared = sorted(sa.keys() & sb.keys())
+        shared = sorted(sa.keys() & sb.keys() - exclude)
         if not shared:
             continue
         diffs = [sb[i] - sa[i] for i in shared]
