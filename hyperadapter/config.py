@@ -52,6 +52,7 @@ class Settings:
     document_route_rank: int = 1
     document_max_routes: int = 128
     document_route_words: float = 0.0
+    document_route_clauses: int = 0  # > 0: a sentence of more words is routed as its clauses (routed.clauses)
 
     # api
     host: str = "127.0.0.1"
@@ -82,6 +83,8 @@ class Settings:
             raise ValueError(f"setting document_route_rank must be at least 1, got {self.document_route_rank}")
         if self.document_max_routes < 2:
             raise ValueError(f"setting document_max_routes must be at least 2, got {self.document_max_routes}")
+        if self.document_route_clauses < 0:
+            raise ValueError(f"setting document_route_clauses must be 0 or more, got {self.document_route_clauses}")
         if not 0 <= self.document_route_words < math.inf:
             raise ValueError(f"setting document_route_words must be a finite number at least 0, got "
                              f"{self.document_route_words}")

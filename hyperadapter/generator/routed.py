@@ -52,10 +52,32 @@ def word_keys(text: str) -> Tensor:
     return torch.tensor(sorted(keys), dtype=torch.int64)
 
 
-def pieces_for(text: str, max_routes: int) -> list[str]:
-    """One piece per sentence, or, past `max_routes` sentences, as few sentences per piece as keep within it."""
-    sentences = sentence_groups(text)
-    return sentence_groups(text, math.ceil(len(sentences) / max_routes)) if len(sentences) > max_routes else sentences
+def clauses(sentence: str, longest: int, shortest: int = 8) -> list[str]:
+    """`sentence` whole if it has at most `longest` words, else cut after its commas and semicolons into parts of
+    at least `shortest` words each (a part too short joins the one before it, or the one after)."""
+    if len(sentence.split()) <= longest:
+        return [sentence]
+    parts: list[str] = []
+    for part in re.split(r"(?<=[,;])\s+", sentence):
+        if parts and len(parts[-1].split()) < shortest:
+            parts[-1] += " " + part
+        else:
+            parts.append(part)
+    if len(parts) > 1 and len(parts[-1].split()) < shortest:
+        parts[-2] += " " + parts.pop()
+    return parts
+
+
+def pieces_for(text: str, max_routes: int, longest: int = 0) -> list[str]:
+    """One piece per sentence (with `longest` > 0, a longer sentence cut into its clauses), or, past `max_routes`
+    pieces, as few consecutive pieces to a route as keep within it."""
+    pieces = sentence_groups(text)
+    if longest > 0:
+        pieces = [c for s in pieces for c in clauses(s, longest)]
+    if len(pieces) <= max_routes:
+        return pieces
+    group = math.ceil(len(pieces) / max_routes)
+    return [" ".join(pieces[i:i + group]) for i in range(0, len(pieces), group)]
 
 
 def routes_from(encoder: SentenceEncoder, pieces: list[str], adapters: list[Adapter],
@@ -79,11 +101,13 @@ def document_routes(generator: Generator, text: str, group: int = 1, rank: int |
 
 
 def generate_with_routes(generator: Generator, items: Sequence[tuple[str, str]], *, rank: int | None,
-                         max_routes: int) -> list[Adapter]:
-    """generate_many, where each document of more than one sentence also gets its routes (at most `max_routes`
-    pieces), its pieces' adapters made in the same batched call as the documents'."""
+                         max_routes: int, longest: int = 0) -> list[Adapter]:
+    """generate_many, where each document of more than one piece (pieces_for: sentences, or with `longest`
+    their clauses) also gets its routes (at most `max_routes`), its pieces' adapters made in the same batched
+    call as the documents'."""
     items = list(items)
-    pieces = {i: pieces_for(context, max_routes) for i, (kind, context) in enumerate(items) if kind == "document"}
+    pieces = {i: pieces_for(context, max_routes, longest) for i, (kind, context) in enumerate(items)
+              if kind == "document"}
     pieces = {i: p for i, p in pieces.items() if len(p) > 1}
     if pieces and generator.sentence_encoder is None:
         raise GeneratorError("routing needs the generator's sentence encoder")
@@ -98,11 +122,11 @@ def generate_with_routes(generator: Generator, items: Sequence[tuple[str, str]],
 
 def generate_served(generator: Generator, items: Sequence[tuple[str, str]], settings) -> list[Adapter]:
     """generate_many as the service makes adapters: documents with their routes, unless `settings` turn them
-    off (document_routes, document_route_rank, document_max_routes)."""
+    off (document_routes, document_route_rank, document_max_routes, document_route_clauses)."""
     if not settings.document_routes:
         return generator.generate_many(items)
     return generate_with_routes(generator, items, rank=settings.document_route_rank,
-                                max_routes=settings.document_max_routes)
+                                max_routes=settings.document_max_routes, longest=settings.document_route_clauses)
 
 
 class Route(NamedTuple):
