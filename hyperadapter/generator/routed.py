@@ -64,7 +64,8 @@ def clauses(sentence: str, longest: int, shortest: int = 8) -> list[str]:
         else:
             parts.append(part)
     if len(parts) > 1 and len(parts[-1].split()) < shortest:
-        parts[-2] += " " + parts.pop()
+        tail = parts.pop()
+        parts[-1] += " " + tail
     return parts
 
 
