@@ -57,17 +57,17 @@ def main() -> None:
     # a new text every run: the sentence encoder keeps what it has embedded
     one, many = timed([lambda i: generator.generate_adapter(paragraphs[i], "document"),
                        lambda i: routed(paragraphs[i])], args.runs)
-    sentences = statistics.mean(len(pieces_for(p, settings.document_max_routes)) for p in paragraphs[1:])
+    sentences = statistics.mean(len(pieces_for(p, settings.document_max_routes, settings.document_route_clauses)) for p in paragraphs[1:])
     adapter_bytes = generator.generate_adapter(paragraphs[0], "document").nbytes
     routed_bytes = statistics.mean(routed(p).nbytes for p in paragraphs[1:])
 
     document = long_document(settings, base.tokenizer)
     long_one, long_many = timed([lambda i: generator.generate_adapter(f"{i} {document}", "document"),
                                  lambda i: routed(f"{i} {document}")], args.long_runs)
-    long_parts = len(pieces_for(document, settings.document_max_routes))
+    long_parts = len(pieces_for(document, settings.document_max_routes, settings.document_route_clauses))
 
     made = routed(paragraphs[0])
-    routing = timed([lambda i: route(encoder, made, questions[i])], args.runs)[0]
+    routing = timed([lambda i: route(encoder, made, questions[i], settings.document_route_words)], args.runs)[0]
 
     print(f"\nshipped generator ({generator.precision}), torch threads {torch.get_num_threads()}; routes of rank "
           f"{settings.document_route_rank}, at most {settings.document_max_routes}; p50 ms\n")
