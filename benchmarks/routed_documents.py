@@ -57,7 +57,8 @@ def main() -> None:
     # a new text every run: the sentence encoder keeps what it has embedded
     one, many = timed([lambda i: generator.generate_adapter(paragraphs[i], "document"),
                        lambda i: routed(paragraphs[i])], args.runs)
-    sentences = statistics.mean(len(pieces_for(p, settings.document_max_routes, settings.document_route_clauses)) for p in paragraphs[1:])
+    pieces = [pieces_for(p, settings.document_max_routes, settings.document_route_clauses) for p in paragraphs[1:]]
+    sentences = statistics.mean(map(len, pieces))
     adapter_bytes = generator.generate_adapter(paragraphs[0], "document").nbytes
     routed_bytes = statistics.mean(routed(p).nbytes for p in paragraphs[1:])
 

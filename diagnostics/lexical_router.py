@@ -81,8 +81,9 @@ def main() -> None:
     train_records = load_split(settings.prepared_data_dir, "train", "document")
     train = questions(encoder, random.sample(train_records, min(args.paragraphs, len(train_records))))
     held = questions(encoder, eval_records(settings.prepared_data_dir, load_eval_config(args.config), "document"))
+    cosine = [found([(c, c * 0, h) for _, _, c, h in data], 0) for data in (train, held)]
     print(f"{len(train)} training questions, {len(held)} validation questions; the cosine alone finds "
-          f"{found([(c, c * 0, h) for _, _, c, h in train], 0):.4f} and {found([(c, c * 0, h) for _, _, c, h in held], 0):.4f}")
+          f"{cosine[0]:.4f} and {cosine[1]:.4f}")
     best = (0.0, None)
     for prefix, b in itertools.product([4, 5, 6, 0], [0.0, 0.25]):
         features = [(z(c), z(shared(p, q, prefix, b)), h) for p, q, c, h in train]
