@@ -88,7 +88,7 @@ class SamplingFields(Strict):
                                           "context and apply it, in one call; `model` must then be 'base'")
     route: bool = Field(default=True, description="with a document's adapter that has sentence routes, answer "
                         "with the adapter of the sentence nearest to the question (the last user message, or the "
-                        "prompt); false: the document's one adapter")
+                        "prompt) by embedding and shared words; false: the document's one adapter")
 
     @field_validator("stop")
     @classmethod

@@ -1,7 +1,8 @@
 """A document as one adapter per sentence, and each question answered with the adapter of the sentence nearest to
-it by the packaged sentence encoder (model card, diagnostic 10; as served, test F1 11.0 against 8.9 for the
-paragraph's own adapter). Made with no training from the shipped generator. Sentence adapters are picked, never
-added: summed or averaged they are no better than the paragraph's adapter (diagnostic 8).
+it: by the packaged sentence encoder's cosine and the content words they share (model card, diagnostics 10 and 12;
+as served with the cosine alone, test F1 11.0 against 8.9 for the paragraph's own adapter). Made with no training
+from the shipped generator. Sentence adapters are picked, never added: summed or averaged they are no better than
+the paragraph's adapter (diagnostic 8).
 
 The service stores them beside the document's one adapter (`Adapter.routes`) and routes each request by its
 question (`route`); the one adapter is what a PEFT export applies.
