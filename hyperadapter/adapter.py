@@ -244,12 +244,7 @@ class Adapter:
     @staticmethod
     def compress_all(adapters: list["Adapter"], rank: int, dtype: torch.dtype = torch.float32) -> list["Adapter"]:
         """`compressed(rank)` of each of `adapters` (the same modules and shapes), batched over all modules of one
-        shape in all of them. The update B A (scaled) factors through r x r cores: with the eigendecompositions
-        B^T B = Vb Lb Vb^T and A A^T = Va La Va^T, B A = (B Vb Lb^-1/2) (Lb^1/2 Vb^T Va La^1/2) (La^-1/2 Va^T A),
-        whose outer factors have orthonormal columns and rows; the SVD of the middle r x r core gives the best
-        approximation. Only r x r decompositions and thin matmuls: a document's 84 sentence adapters take tens of
-        milliseconds (QR of the tall factors took 0.66 s, one module at a time 1.2 s). Directions whose eigenvalue
-        is below 1e-6 of the largest carry nothing of the update and are dropped."""
+        shape in all of them (best_rank)."""
         modules = list(adapters[0].weights)
         by_shape: dict[tuple, list[str]] = {}
         for module in modules:
@@ -260,18 +255,7 @@ class Adapter:
         for group in by_shape.values():  # rows: adapter-major, then the group's modules
             a = torch.stack([ad.weights[m][0] for ad in adapters for m in group]).float()  # [n, r, in]
             b = torch.stack([ad.weights[m][1] for ad in adapters for m in group]).float()  # [n, out, r]
-            b = b * scalings.repeat_interleave(len(group))[:, None, None]
-            (lb, vb), (la, va) = torch.linalg.eigh(b.mT @ b), torch.linalg.eigh(a @ a.mT)
-            root_b, inv_b = _roots(lb)
-            root_a, inv_a = _roots(la)
-            core = (root_b[:, :, None] * vb.mT) @ (va * root_a[:, None, :])
-            u, s, vh = torch.linalg.svd(core)
-            k = min(rank, s.shape[-1])
-            root = s[:, :k].sqrt()
-            b_new = b.new_zeros(b.shape[0], b.shape[1], rank)
-            a_new = a.new_zeros(a.shape[0], rank, a.shape[2])
-            b_new[:, :, :k] = b @ (vb @ (inv_b[:, :, None] * u[:, :, :k] * root[:, None, :]))
-            a_new[:, :k] = ((root[:, :, None] * vh[:, :k] * inv_a[:, None, :]) @ va.mT) @ a
+            a_new, b_new = best_rank(a, b * scalings.repeat_interleave(len(group))[:, None, None], rank)
             a_new, b_new = a_new.to(dtype), b_new.to(dtype)
             for row, (i, m) in enumerate((i, m) for i in range(len(adapters)) for m in group):
                 weights[i][m] = (a_new[row], b_new[row])
@@ -379,6 +363,56 @@ class Routes:
         adapters = [Adapter({m: (ab["A"][i], ab["B"][i]) for m, ab in stacked.items()}, alpha, base_model)
                     for i in range(vectors.shape[0])]
         return cls(adapters, vectors, None if words is None else list(words.split(counts.tolist())))
+
+
+def best_rank(a: Tensor, b: Tensor, rank: int, exact: bool = False) -> tuple[Tensor, Tensor]:
+    """The best rank-`rank` approximation of each update b @ a (a [n, r, in], b [n, out, r], float32, any scaling
+    folded into b) as factors (a' [n, rank, in], b' [n, out, rank]) with b' @ a' that approximation (alpha = rank
+    gives it scaling 1). The update factors through r x r cores: with the eigendecompositions B^T B = Vb Lb Vb^T and
+    A A^T = Va La Va^T, B A = (B Vb Lb^-1/2) (Lb^1/2 Vb^T Va La^1/2) (La^-1/2 Va^T A), whose outer factors have
+    orthonormal columns and rows; the SVD of the middle r x r core gives the best approximation. Only r x r
+    decompositions and thin matmuls (QR of the tall factors took twice as long). Directions whose eigenvalue is
+    below 1e-6 of the largest carry nothing of the update and are dropped. Rank 1 goes by _best_rank_one unless
+    `exact`."""
+    if rank == 1 and not exact:
+        return _best_rank_one(a, b)
+    (lb, vb), (la, va) = torch.linalg.eigh(b.mT @ b), torch.linalg.eigh(a @ a.mT)
+    root_b, inv_b = _roots(lb)
+    root_a, inv_a = _roots(la)
+    core = (root_b[:, :, None] * vb.mT) @ (va * root_a[:, None, :])
+    u, s, vh = torch.linalg.svd(core)
+    k = min(rank, s.shape[-1])
+    root = s[:, :k].sqrt()
+    b_new = b.new_zeros(b.shape[0], b.shape[1], rank)
+    a_new = a.new_zeros(a.shape[0], rank, a.shape[2])
+    b_new[:, :, :k] = b @ (vb @ (inv_b[:, :, None] * u[:, :, :k] * root[:, None, :]))
+    a_new[:, :k] = ((root[:, :, None] * vh[:, :k] * inv_a[:, None, :]) @ va.mT) @ a
+    return a_new, b_new
+
+
+def _best_rank_one(a: Tensor, b: Tensor, iterations: int = 30, tolerance: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """best_rank at rank 1 by power iteration on r x r matrices: batched small eigh and SVD calls were most of
+    the time a document's 84 sentence routes took to make. For M = B A, the top eigenvector x of (A A^T)(B^T B)
+    gives M's top left singular vector u = B x / |B x|, and the rank-1 update u (M^T u)^T. The generator's
+    updates have one direction (model card, diagnostic 11), so a few steps converge; updates whose x has not
+    converged after `iterations` (two top singular values close) go the exact way."""
+    k = (a @ a.mT) @ (b.mT @ b)  # [n, r, r]
+    x = k.sum(-1, keepdim=True)  # k @ ones: a start not orthogonal to the top eigenvector but by accident
+    tiny = torch.finfo(a.dtype).tiny
+    for _ in range(iterations):
+        x = k @ x
+        x = x / x.norm(dim=1, keepdim=True).clamp(min=tiny)
+    kx = k @ x
+    residual = (kx - (x.mT @ kx) * x).norm(dim=1)[:, 0]  # 0 for an eigenvector
+    unsettled = residual > tolerance * kx.norm(dim=1)[:, 0]
+    u = b @ x  # [n, out, 1]
+    u = u / u.norm(dim=1, keepdim=True).clamp(min=tiny)
+    w = (u.mT @ b) @ a  # [n, 1, in]: (M^T u)^T
+    root = w.norm(dim=-1, keepdim=True).sqrt()  # sqrt of the singular value: split between the factors
+    a_new, b_new = w / root.clamp(min=tiny), u * root
+    if unsettled.any():
+        a_new[unsettled], b_new[unsettled] = best_rank(a[unsettled], b[unsettled], 1, exact=True)
+    return a_new, b_new
 
 
 def _standardised(x: Tensor) -> Tensor:

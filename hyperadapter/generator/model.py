@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from hyperadapter.adapter import Adapter
+from hyperadapter.adapter import Adapter, best_rank
 from hyperadapter.base import Base
 from hyperadapter.generator.config import KIND_IDS, GeneratorConfig
 from hyperadapter.generator.encoder import TokenFeatures, feature_passes, token_embeddings
@@ -381,8 +381,9 @@ class Generator:
         return out
 
     def _group_adapters(self, states: AttentionState, sentence: Tensor, kinds: list[str],
-                        metadatas: Sequence[dict]) -> list[Adapter]:
-        """The hypernetwork's heads for a few contexts (at most GROUP), and their Adapter values."""
+                        metadatas: Sequence[dict], rank: int | None = None) -> list[Adapter]:
+        """The hypernetwork's heads for a few contexts (at most GROUP), and their Adapter values (with `rank`,
+        each module's update at its best approximation of that rank)."""
         ids = torch.tensor([check_kind(k) for k in kinds])
         net = self.net_for(kinds[0])  # one net for all of them: rows come in _groups
         # bf16 matmuls where the CPU has them (AMX/AVX512-BF16): 27 -> 16 ms for one adapter, factors
@@ -391,8 +392,21 @@ class Generator:
         # it, are normal tensors, so an adapter never holds an inference tensor.
         with torch.inference_mode(), cpu_autocast():
             factors = net.factors(states, sentence, ids)
-        return [self._to_adapter(factors, i, {"kind": kind, "generator": self.name, **md})
+        alpha = self.config.alpha
+        if rank is not None:
+            with torch.inference_mode():
+                factors = {m: self._best_rank(a, b, rank) for m, (a, b) in factors.items()}
+            alpha = float(rank)
+        return [self._to_adapter(factors, i, {"kind": kind, "generator": self.name, **md}, alpha)
                 for i, (kind, md) in enumerate(zip(kinds, metadatas))]
+
+    def _best_rank(self, a: Tensor, b: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+        """Factors a [B, L, r, in], b [B, L, out, r] -> their update's best rank-`rank` approximation, scaling
+        folded in (adapter.best_rank over all contexts and layers at once)."""
+        n, layers = a.shape[:2]
+        scaling = self.config.alpha / self.config.rank
+        a_new, b_new = best_rank(a.float().flatten(0, 1), b.float().flatten(0, 1) * scaling, rank)
+        return a_new.unflatten(0, (n, layers)), b_new.unflatten(0, (n, layers))
 
     # ------------------------------------------------------------ one-shot
     @torch.no_grad()
@@ -401,8 +415,11 @@ class Generator:
 
     @torch.no_grad()
     def generate_many(self, items: Sequence[tuple[str, str | Sequence[str]]],
-                      metadatas: Sequence[dict] | None = None) -> list[Adapter]:
-        """Batched generation: all contexts' chunks go through the base together."""
+                      metadatas: Sequence[dict] | None = None, rank: int | None = None) -> list[Adapter]:
+        """Batched generation: all contexts' chunks go through the base together. With `rank`, each adapter is
+        the best rank-`rank` approximation of its update (alpha = rank; Adapter.compressed), made from the
+        hypernetwork's factors a few contexts at a time: a document's 84 sentence routes at rank 1 in a fraction
+        of the time that compressing 84 finished adapters takes."""
         if not items:
             return []
         segments_per_item = [[c] if isinstance(c, str) else list(c) for _, c in items]
@@ -435,7 +452,8 @@ class Generator:
                 states = self._absorb_rows(None, [per_row[i] for i in g], group_kinds)
             else:
                 states = self.net_for(group_kinds[0]).init_state(len(g))
-            for i, adapter in zip(g, self._group_adapters(states, sentence[g], group_kinds, [metadatas[i] for i in g])):
+            for i, adapter in zip(g, self._group_adapters(states, sentence[g], group_kinds, [metadatas[i] for i in g],
+                                                          rank)):
                 out[i] = adapter
         return out
 
@@ -454,7 +472,8 @@ class Generator:
             i += len(segs)
         return torch.nn.functional.normalize(sentence, dim=-1)
 
-    def _to_adapter(self, factors: dict[str, tuple[Tensor, Tensor]], row: int, metadata: dict) -> Adapter:
+    def _to_adapter(self, factors: dict[str, tuple[Tensor, Tensor]], row: int, metadata: dict,
+                    alpha: float) -> Adapter:
         """One row of the factors as an Adapter that owns its tensors: per module one contiguous
         ADAPTER_DTYPE copy of all layers (cast, transpose and copy in one op), each layer a view into
         it. Views that do not overlap are what safetensors accepts; a view into the whole group's
@@ -466,7 +485,7 @@ class Generator:
             a, b = a[row].to(**own), b[row].to(**own)
             for layer in range(self.config.num_layers):
                 weights[self.config.module_path(m, layer)] = (a[layer], b[layer])
-        return Adapter(weights, alpha=self.config.alpha, base_model=self.config.base_model,
+        return Adapter(weights, alpha=alpha, base_model=self.config.base_model,
                        metadata={k: str(v) for k, v in metadata.items()})
 
     def runtime_factors(self, factors: dict[str, tuple[Tensor, Tensor]]) -> dict[str, tuple[Tensor, Tensor]]:

@@ -22,7 +22,7 @@ from torch.nn.functional import normalize
 from hyperadapter.adapter import Adapter, Routes
 from hyperadapter.data.builders import split_sentences
 from hyperadapter.embedding import SentenceEncoder
-from hyperadapter.generator.model import ADAPTER_DTYPE, Generator, GeneratorError
+from hyperadapter.generator.model import Generator, GeneratorError
 
 
 def sentence_groups(text: str, group: int = 1) -> list[str]:
@@ -82,42 +82,39 @@ def pieces_for(text: str, max_routes: int, longest: int = 0) -> list[str]:
     return [" ".join(pieces[i:i + group]) for i in range(0, len(pieces), group)]
 
 
-def routes_from(encoder: SentenceEncoder, pieces: list[str], adapters: list[Adapter],
-                rank: int | None = None) -> Routes:
-    """Routes over `pieces` and their adapters; with `rank`, each adapter compressed to that rank (the best
-    approximation of its update, Adapter.compressed) and stored as float16."""
-    if rank is not None:
-        adapters = Adapter.compress_all(adapters, rank, ADAPTER_DTYPE)
+def routes_from(encoder: SentenceEncoder, pieces: list[str], adapters: list[Adapter]) -> Routes:
+    """Routes over `pieces` and their adapters: each piece's unit embedding and word keys."""
     return Routes(adapters, unit_embeddings(encoder, pieces), [word_keys(p) for p in pieces])
 
 
 def document_routes(generator: Generator, text: str, group: int = 1, rank: int | None = None) -> Routes:
-    """Each piece's document adapter (one batched generator call) and sentence embedding."""
+    """Each piece's document adapter (one batched generator call; with `rank`, each at its best approximation of
+    that rank) and sentence embedding."""
     if generator.sentence_encoder is None:
         raise GeneratorError("routing needs the generator's sentence encoder")
     if not text.strip():
         raise GeneratorError("context is empty")
     pieces = sentence_groups(text, group)
     return routes_from(generator.sentence_encoder, pieces,
-                       generator.generate_many([("document", p) for p in pieces]), rank)
+                       generator.generate_many([("document", p) for p in pieces], rank=rank))
 
 
 def generate_with_routes(generator: Generator, items: Sequence[tuple[str, str]], *, rank: int | None,
                          max_routes: int, longest: int = 0) -> list[Adapter]:
     """generate_many, where each document of more than one piece (pieces_for: sentences, or with `longest`
-    their clauses) also gets its routes (at most `max_routes`), its pieces' adapters made in the same batched
-    call as the documents'."""
+    their clauses) also gets its routes (at most `max_routes`; with `rank`, each at its best approximation of
+    that rank), all pieces' adapters made in one batched call."""
     items = list(items)
     pieces = {i: pieces_for(context, max_routes, longest) for i, (kind, context) in enumerate(items)
               if kind == "document"}
     pieces = {i: p for i, p in pieces.items() if len(p) > 1}
     if pieces and generator.sentence_encoder is None:
         raise GeneratorError("routing needs the generator's sentence encoder")
-    extra = [("document", p) for i in pieces for p in pieces[i]]
-    made = generator.generate_many(items + extra)
-    adapters, start = made[:len(items)], len(items)
+    adapters = generator.generate_many(items)
+    made = generator.generate_many([("document", p) for i in pieces for p in pieces[i]], rank=rank)
+    start = 0
     for i, ps in pieces.items():
-        adapters[i].routes = routes_from(generator.sentence_encoder, ps, made[start:start + len(ps)], rank)
+        adapters[i].routes = routes_from(generator.sentence_encoder, ps, made[start:start + len(ps)])
         start += len(ps)
     return adapters
 
