@@ -365,17 +365,19 @@ class Routes:
         return cls(adapters, vectors, None if words is None else list(words.split(counts.tolist())))
 
 
-def best_rank(a: Tensor, b: Tensor, rank: int, exact: bool = False) -> tuple[Tensor, Tensor]:
+def best_rank(a: Tensor, b: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     """The best rank-`rank` approximation of each update b @ a (a [n, r, in], b [n, out, r], float32, any scaling
     folded into b) as factors (a' [n, rank, in], b' [n, out, rank]) with b' @ a' that approximation (alpha = rank
-    gives it scaling 1). The update factors through r x r cores: with the eigendecompositions B^T B = Vb Lb Vb^T and
-    A A^T = Va La Va^T, B A = (B Vb Lb^-1/2) (Lb^1/2 Vb^T Va La^1/2) (La^-1/2 Va^T A), whose outer factors have
-    orthonormal columns and rows; the SVD of the middle r x r core gives the best approximation. Only r x r
-    decompositions and thin matmuls (QR of the tall factors took twice as long). Directions whose eigenvalue is
-    below 1e-6 of the largest carry nothing of the update and are dropped. Rank 1 goes by _best_rank_one unless
-    `exact`."""
-    if rank == 1 and not exact:
-        return _best_rank_one(a, b)
+    gives it scaling 1)."""
+    return _best_rank_one(a, b) if rank == 1 else _best_rank_by_cores(a, b, rank)
+
+
+def _best_rank_by_cores(a: Tensor, b: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """best_rank through r x r cores: with the eigendecompositions B^T B = Vb Lb Vb^T and A A^T = Va La Va^T,
+    B A = (B Vb Lb^-1/2) (Lb^1/2 Vb^T Va La^1/2) (La^-1/2 Va^T A), whose outer factors have orthonormal columns and
+    rows; the SVD of the middle r x r core gives the best approximation. Only r x r decompositions and thin
+    matmuls (QR of the tall factors took twice as long). Directions whose eigenvalue is below 1e-6 of the largest
+    carry nothing of the update and are dropped."""
     (lb, vb), (la, va) = torch.linalg.eigh(b.mT @ b), torch.linalg.eigh(a @ a.mT)
     root_b, inv_b = _roots(lb)
     root_a, inv_a = _roots(la)
@@ -395,7 +397,7 @@ def _best_rank_one(a: Tensor, b: Tensor, iterations: int = 30, tolerance: float 
     the time a document's 84 sentence routes took to make. For M = B A, the top eigenvector x of (A A^T)(B^T B)
     gives M's top left singular vector u = B x / |B x|, and the rank-1 update u (M^T u)^T. The generator's
     updates have one direction (model card, diagnostic 11), so a few steps converge; updates whose x has not
-    converged after `iterations` (two top singular values close) go the exact way."""
+    converged after `iterations` (two top singular values close) go through the cores instead."""
     k = (a @ a.mT) @ (b.mT @ b)  # [n, r, r]
     x = k.sum(-1, keepdim=True)  # k @ ones: a start not orthogonal to the top eigenvector but by accident
     tiny = torch.finfo(a.dtype).tiny
@@ -411,7 +413,7 @@ def _best_rank_one(a: Tensor, b: Tensor, iterations: int = 30, tolerance: float 
     root = w.norm(dim=-1, keepdim=True).sqrt()  # sqrt of the singular value: split between the factors
     a_new, b_new = w / root.clamp(min=tiny), u * root
     if unsettled.any():
-        a_new[unsettled], b_new[unsettled] = best_rank(a[unsettled], b[unsettled], 1, exact=True)
+        a_new[unsettled], b_new[unsettled] = _best_rank_by_cores(a[unsettled], b[unsettled], 1)
     return a_new, b_new
 
 

@@ -185,3 +185,23 @@ def test_compress_all_is_each_ones_best_approximation_also_when_its_slots_coinci
     m = _first(collapsed)
     one = Adapter.compress_all([collapsed], 1)[0]
     assert relative_difference(one.delta_weight(m), collapsed.delta_weight(m)) < 1e-4
+
+
+def test_best_rank_one_matches_the_svd_with_a_clear_top_direction_and_without_one():
+    from hyperadapter.adapter import best_rank
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(6, 48, 8, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(6, 64, 8, generator=g))
+    # top singular value far ahead (the generator's updates), then two equal, then close ones, then none at all
+    spectra = torch.tensor([[1, 1e-3, 1e-4, 0, 0, 0, 0, 0], [1, 1, 0.2, 0, 0, 0, 0, 0],
+                            [1, 0.999, 0.5, 0.1, 0, 0, 0, 0], [1, 0.5, 0.25, 0.1, 0.05, 0, 0, 0],
+                            [2, 1, 1, 1, 1, 1, 1, 1], [0] * 8], dtype=torch.float)
+    b, a = u * spectra[:, None, :], v.mT  # b @ a = u diag(s) v^T
+    one_a, one_b = best_rank(a, b, 1)
+    assert one_a.shape == (6, 1, 64) and one_b.shape == (6, 48, 1)
+    made, full = one_b @ one_a, b @ a
+    for i in range(6):
+        best_error = spectra[i, 1:].pow(2).sum().sqrt()  # Eckart-Young: the rest of the spectrum
+        assert (made[i] - full[i]).norm() == pytest.approx(float(best_error), abs=1e-4), i
+    assert torch.allclose(made[0], spectra[0, 0] * u[0, :, :1] @ v[0, :, :1].mT, atol=1e-5)
+    assert torch.equal(made[5], torch.zeros(48, 64))
