@@ -10,7 +10,7 @@ Each question is decoded on its own (its adapter is its own); a context's row ho
 the paragraph's id, so `hyperadapter compare` pairs it with the paragraph's own adapter in another run.
   python diagnostics/routed_sentences.py --config configs/eval_validation_documents_routed.toml \\
       --out results/validation-documents-routed [--which both|right|wrong] [--threads 1] [--routing] [--group 2] \\
-      [--rank 4] [--oracle]
+      [--rank 4] [--oracle] [--route-kind conversation]
 It writes "routed sentence adapters", and the same routed among another paragraph's sentences.
 """
 
@@ -35,7 +35,7 @@ from hyperadapter.evaluation.names import WRONG_SUFFIX  # noqa: E402
 from hyperadapter.evaluation.systems import System  # noqa: E402
 from hyperadapter.generator import Generator  # noqa: E402
 from hyperadapter.adapter import Routes  # noqa: E402
-from hyperadapter.generator.routed import document_routes, sentence_groups, unit_embeddings  # noqa: E402
+from hyperadapter.generator.routed import document_routes, routes_from, sentence_groups, unit_embeddings  # noqa: E402
 from hyperadapter.runtime import LoraRuntime  # noqa: E402
 
 
@@ -45,11 +45,13 @@ class RoutedSentences(System):
     kinds = ("document",)
 
     def __init__(self, base, generator: Generator, wrong: bool = False, group: int = 1, rank: int | None = None,
-                 oracle: bool = False):
+                 oracle: bool = False, route_kind: str = "document"):
         super().__init__(base)
         self.generator, self.wrong, self.group, self.rank, self.oracle = generator, wrong, group, rank, oracle
+        self.route_kind = route_kind
         self.name = "routed sentence adapters" + (f" ({group} sentences each)" if group > 1 else "") + (
             f" (rank {rank})" if rank else "") + (" (oracle routing)" if oracle else "") + (
+            f" ({route_kind} kind)" if route_kind != "document" else "") + (
             WRONG_SUFFIX if wrong else "")
         self.partner: dict[str, str] = {}  # document id -> the document whose sentences it routes among
         self.contexts: dict[str, str] = {}
@@ -63,6 +65,10 @@ class RoutedSentences(System):
 
     def adapter(self, record: ContextRecord) -> Adapter:
         doc = self.partner[record.id]
+        if doc not in self.made and self.route_kind == "conversation":  # each sentence as a user's message
+            pieces = sentence_groups(self.contexts[doc], self.group)
+            made = self.generator.generate_many([("conversation", [f"user: {p}\n"]) for p in pieces], rank=self.rank)
+            self.made = {doc: routes_from(self.generator.sentence_encoder, pieces, made)}
         if doc not in self.made:  # one document at a time: its questions come one after another
             self.made = {doc: document_routes(self.generator, self.contexts[doc], self.group, self.rank)}
         routes, query = self.made[doc], record.queries[0]
@@ -126,6 +132,9 @@ def main() -> None:
                         help="a bound: route each question to a sentence that holds its answer, where one does")
     parser.add_argument("--routing", action="store_true",
                         help="only print how often the nearest sentence holds the question's answer")
+    parser.add_argument("--route-kind", choices=("document", "conversation"), default="document",
+                        help="the kind each sentence's adapter is made as (conversation: the sentence as a user's "
+                             "message, read by the chat kind's own weights)")
     parser.add_argument("--threads", type=int, default=2)
     args, config, settings, base = parsed(parser)
     data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
@@ -138,7 +147,7 @@ def main() -> None:
     generator = Generator.from_pretrained(args.generator or config.generator or settings.generator, base,
                                           SentenceEncoder(), int8=True)
     systems = [RoutedSentences(base, generator, wrong=wrong, group=args.group, rank=args.rank,
-                               oracle=args.oracle)
+                               oracle=args.oracle, route_kind=args.route_kind)
                for wrong in (False, True) if args.which == "both" or (args.which == "wrong") == wrong]
     PerQueryHarness(base, LoraRuntime(base), config, data_dir).run(
         systems, on_score=lambda partial: report.write(partial, args.out))
