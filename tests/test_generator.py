@@ -804,6 +804,9 @@ def test_generate_with_routes_gives_documents_compressed_routes_in_one_batch(bas
     assert len(generate_with_routes(generator, items[:1], rank=8, max_routes=2)[0].routes.adapters) == 2
 
 
+KESSEL_PIECES = [s + "." for s in KESSEL.rstrip(".").split(". ")]
+
+
 def test_a_long_sentence_is_routed_as_its_clauses_of_at_least_eight_words():
     from hyperadapter.generator.routed import clauses, pieces_for
     long = ("In 1923, after the spring flood had destroyed most of the old town, the Kessel mill at Drau was rebuilt "
@@ -814,13 +817,10 @@ def test_a_long_sentence_is_routed_as_its_clauses_of_at_least_eight_words():
                      "who had trained in Vienna; it still stands."]
     assert " ".join(parts) == long and clauses(long, 40) == [long]
     assert clauses("One, two, three, four, five, six, seven, eight, nine, ten.", 5) == [
-        "One, two, three, four, five, six, seven, eight, nine, ten."]  # no part reaches 8 words: one piece
+        "One, two, three, four, five, six, seven, eight, nine, ten."]  # "nine, ten." is too short: rejoined
     text = f"{KESSEL} {long}"
     assert pieces_for(text, 128) == [*KESSEL_PIECES, long] and pieces_for(text, 128, 24) == [*KESSEL_PIECES, *parts]
     assert len(pieces_for(text, 3, 24)) == 3  # past the cap, consecutive pieces share a route
-
-
-KESSEL_PIECES = [s + "." for s in KESSEL.rstrip(".").split(". ")]
 
 
 def test_generate_cli_routes_a_stored_document_by_its_prompt(tmp_path, capsys, monkeypatch):
