@@ -9,7 +9,7 @@ kind's weights, and a question goes to the message whose sentence embedding is n
 question is decoded on its own; a chat's row holds its questions' mean under the chat's id, so `hyperadapter
 compare` pairs it with the chat's one adapter in another run.
   python diagnostics/routed_messages.py --config configs/eval_validation_chats_routed.toml \\
-      --out results/validation-chats-routed [--which right|wrong|both] [--rank 1] [--threads 2]
+      --out results/validation-chats-routed [--which right|wrong|both] [--rank 1] [--words 3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from hyperadapter.data.schema import ContextRecord  # noqa: E402
 from hyperadapter.embedding import SentenceEncoder  # noqa: E402
 from hyperadapter.evaluation import report  # noqa: E402
 from hyperadapter.generator import Generator  # noqa: E402
-from hyperadapter.generator.routed import routes_from, unit_embeddings  # noqa: E402
+from hyperadapter.generator.routed import routes_from, unit_embeddings, word_keys  # noqa: E402
 from hyperadapter.runtime import LoraRuntime  # noqa: E402
 
 
@@ -38,9 +38,10 @@ class RoutedMessages(RoutedSentences):
 
     kinds = ("conversation",)
 
-    def __init__(self, base, generator: Generator, wrong: bool = False, rank: int | None = None):
+    def __init__(self, base, generator: Generator, wrong: bool = False, rank: int | None = None, words: float = 0.0):
         super().__init__(base, generator, wrong=wrong, rank=rank, route_kind="conversation")
         self.name = self.name.replace("routed sentence adapters", "routed message adapters")
+        self.words = words
 
     def adapter(self, record: ContextRecord) -> Adapter:
         chat = self.partner[record.id]
@@ -49,8 +50,9 @@ class RoutedMessages(RoutedSentences):
             made = self.generator.generate_many([("conversation", [m + "\n"]) for m in messages], rank=self.rank)
             self.made = {chat: routes_from(self.generator.sentence_encoder, messages, made)}
         routes = self.made[chat]
-        question = unit_embeddings(self.generator.sentence_encoder, [record.queries[0].input])[0]
-        return routes.adapters[routes.nearest(question)[0]]
+        asked = record.queries[0].input
+        question = unit_embeddings(self.generator.sentence_encoder, [asked])[0]
+        return routes.adapters[routes.nearest(question, word_keys(asked), self.words)[0]]
 
 
 def main() -> None:
@@ -59,11 +61,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="where the results go")
     parser.add_argument("--which", choices=("both", "right", "wrong"), default="right")
     parser.add_argument("--rank", type=int, default=None, help="compress each message's adapter to this rank")
+    parser.add_argument("--words", type=float, default=0.0, help="the weight of shared words beside the cosine")
     parser.add_argument("--threads", type=int, default=2)
     args, config, settings, base = parsed(parser)
     data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
     generator = Generator.from_pretrained(config.generator or settings.generator, base, SentenceEncoder(), int8=True)
-    systems = [RoutedMessages(base, generator, wrong=wrong, rank=args.rank)
+    systems = [RoutedMessages(base, generator, wrong=wrong, rank=args.rank, words=args.words)
                for wrong in (False, True) if args.which == "both" or (args.which == "wrong") == wrong]
     PerQueryHarness(base, LoraRuntime(base), config, data_dir).run(
         systems, on_score=lambda partial: report.write(partial, args.out))

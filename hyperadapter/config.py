@@ -54,6 +54,11 @@ class Settings:
     document_max_routes: int = 128
     document_route_words: float = 3.0
     document_route_clauses: int = 0  # > 0: a sentence of more words is routed as its clauses (routed.clauses)
+    # chats: beside a user's adapter, one route per message (the most recent conversation_max_routes; 0: none),
+    # each at conversation_route_rank (0: as generated), routed like a document's (api.users; model card,
+    # diagnostic 13: validation recall 51.6 against 25.0 for the chat's one adapter)
+    conversation_max_routes: int = 128
+    conversation_route_rank: int = 1
 
     # api
     host: str = "127.0.0.1"
@@ -84,6 +89,9 @@ class Settings:
             raise ValueError(f"setting document_route_rank must be at least 1, got {self.document_route_rank}")
         if self.document_max_routes < 2:
             raise ValueError(f"setting document_max_routes must be at least 2, got {self.document_max_routes}")
+        if self.conversation_max_routes < 0 or self.conversation_route_rank < 0:
+            raise ValueError("settings conversation_max_routes and conversation_route_rank must be 0 or more, got "
+                             f"{self.conversation_max_routes} and {self.conversation_route_rank}")
         if self.document_route_clauses < 0:
             raise ValueError(f"setting document_route_clauses must be 0 or more, got {self.document_route_clauses}")
         if not 0 <= self.document_route_words < math.inf:

@@ -27,7 +27,8 @@ def create_app(settings: Settings, services=None) -> Flask:
         services = Services.create(settings, load_generator=bool(settings.generator))
     metrics = Metrics()
     engine = Engine(services.runtime, max_batch=settings.max_batch_size, max_queue=settings.max_queue, metrics=metrics)
-    users = Users(settings.store_dir / "users", services.generator, services.store, threading.Lock())
+    users = Users(settings.store_dir / "users", services.generator, services.store, threading.Lock(),
+                  max_routes=settings.conversation_max_routes, route_rank=settings.conversation_route_rank or None)
     app = Flask("hyperadapter")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False

@@ -6,6 +6,12 @@ current adapter id and counts) and `messages.jsonl` (the history, for the user's
 Appending messages reads only the new text (plus the state's short unfinished chunk), makes a new
 adapter, stores it under the owner `<tenant>/user/<name>` and retires the previous one. Forgetting
 a user deletes the folder and every adapter of that owner (rows, files and index keys).
+
+The adapter also carries one route per message (its own adapter, embedding and word keys; at most
+`max_routes`, the oldest dropped first), made as the messages arrive and carried over from the
+previous adapter: a question is answered by the adapter of the message nearest to it, as a document's
+by its nearest sentence (hyperadapter.generator.routed). On validation chats the routed messages recall
+51.6 against 25.0 for the chat's one adapter (model card, diagnostic 13).
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from hyperadapter.adapter import Routes
 from hyperadapter.durable import atomic_write_bytes
 from hyperadapter.generator import ContextStream, Generator
+from hyperadapter.generator.routed import routes_from
 
 
 def user_owner(tenant: str, name: str) -> str:
@@ -30,10 +38,12 @@ def user_owner(tenant: str, name: str) -> str:
 
 
 class Users:
-    def __init__(self, root: Path, generator: Generator | None, store, generate_lock: threading.Lock | None = None):
+    def __init__(self, root: Path, generator: Generator | None, store, generate_lock: threading.Lock | None = None,
+                 max_routes: int = 0, route_rank: int | None = None):
         self.root = Path(root)
         self.generator = generator
         self.store = store
+        self.max_routes, self.route_rank = max_routes, route_rank  # max_routes 0: no message routes
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
         self._generate_lock = generate_lock or threading.Lock()
@@ -61,13 +71,16 @@ class Users:
             folder.mkdir(parents=True, exist_ok=True)
             old = self.info(tenant, name)
             stream = self._load_stream(folder) if old else self.generator.stream("conversation")
+            routes = self._old_routes(old)
             if stream.generator != self.generator.name:
-                stream = self._reread(folder)  # the generator was replaced since: its state is meaningless now
+                # the generator was replaced since: its state and routes are meaningless now
+                stream, routes = self._reread(folder), self._message_routes(self._history(folder))
             segments = [f"{m['role']}: {m['content']}\n" for m in messages]
             digest = hashlib.sha256(((old or {}).get("history_hash", "") + "".join(segments)).encode()).hexdigest()
             with self._generate_lock:
                 stream = self.generator.append(stream, segments)
                 adapter = self.generator.adapter_from_stream(stream, {"user": name})
+            adapter.routes = self._joined(routes, self._message_routes(segments))
             key = torch.nn.functional.normalize(stream.sentence_sum, dim=0).numpy().astype(np.float32)
             record = self.store.put(adapter, kind="conversation", owner=user_owner(tenant, name),
                                     context_hash=digest, key=key, metadata={"user": name})
@@ -92,16 +105,49 @@ class Users:
             meta = f.metadata()
         return ContextStream.from_tensors(load_file(path), meta)
 
+    @staticmethod
+    def _history(folder: Path) -> list[str]:
+        """The user's recorded messages as the generator reads them ("role: content\\n")."""
+        history = folder / "messages.jsonl"
+        if not history.is_file():
+            return []
+        lines = [json.loads(line) for line in history.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [f"{m['role']}: {m['content']}\n" for m in lines]
+
     def _reread(self, folder: Path) -> ContextStream:
         """A fresh stream over the user's whole recorded history (only after a generator change)."""
         stream = self.generator.stream("conversation")
-        history = folder / "messages.jsonl"
-        if history.is_file():
-            lines = [json.loads(line) for line in history.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if lines:
-                with self._generate_lock:
-                    stream = self.generator.append(stream, [f"{m['role']}: {m['content']}\n" for m in lines])
+        segments = self._history(folder)
+        if segments:
+            with self._generate_lock:
+                stream = self.generator.append(stream, segments)
         return stream
+
+    def _old_routes(self, old: dict | None) -> Routes | None:
+        """The previous adapter's message routes (None for a new user, or an adapter stored without them)."""
+        if not old or not self.max_routes:
+            return None
+        try:
+            return self.store.load(old["adapter_id"]).routes
+        except (KeyError, OSError, ValueError):  # retired or damaged: the new messages' routes start afresh
+            return None
+
+    def _message_routes(self, segments: list[str]) -> Routes | None:
+        """One route per message: its own conversation adapter (at route_rank), embedding and word keys."""
+        segments = [s for s in segments if s.strip()][-self.max_routes:] if self.max_routes else []
+        if not segments or self.generator.sentence_encoder is None:
+            return None
+        with self._generate_lock:
+            made = self.generator.generate_many([("conversation", [s]) for s in segments], rank=self.route_rank)
+        return routes_from(self.generator.sentence_encoder, [s.strip() for s in segments], made)
+
+    def _joined(self, old: Routes | None, new: Routes | None) -> Routes | None:
+        """The old routes then the new, the most recent max_routes of them."""
+        if old is None or new is None or old.words is None or old.vectors.shape[1:] != new.vectors.shape[1:]:
+            return new if new is not None else old
+        keep = slice(-self.max_routes, None)
+        return Routes((old.adapters + new.adapters)[keep], torch.cat([old.vectors, new.vectors])[keep],
+                      (old.words + new.words)[keep])
 
     def forget(self, tenant: str, name: str) -> bool:
         """Delete the user's memories and every adapter they own. True if there was anything."""
