@@ -68,7 +68,7 @@ def main() -> None:
     long_parts = len(pieces_for(document, settings.document_max_routes, settings.document_route_clauses))
 
     made = routed(paragraphs[0])
-    routing = timed([lambda i: route(encoder, made, questions[i], settings.document_route_words)], args.runs)[0]
+    routing = timed([lambda i: route(encoder, made, questions[i], settings.route_words)], args.runs)[0]
 
     print(f"\nshipped generator ({generator.precision}), torch threads {torch.get_num_threads()}; routes of rank "
           f"{settings.document_route_rank}, at most {settings.document_max_routes}; p50 ms\n")

@@ -71,7 +71,7 @@ def cmd_generate(args) -> int:
     if adapter is not None and not args.no_route:
         from hyperadapter.generator.routed import route
         try:
-            adapter, taken = route(services.encoder, adapter, args.prompt, services.settings.document_route_words)
+            adapter, taken = route(services.encoder, adapter, args.prompt, services.settings.route_words)
         except AdapterError as exc:
             raise CLIError(str(exc)) from exc
         if taken is not None:

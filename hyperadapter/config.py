@@ -45,14 +45,14 @@ class Settings:
     # past that: an adapter holds two sentences less well than one), each compressed to document_route_rank; a
     # request is answered with the adapter of the sentence nearest to its question (hyperadapter.generator.routed;
     # model card, diagnostic 10). Rank 1 scores as rank 8 (the generator's updates are rank 1 in all but name)
-    # in an eighth of the bytes: 0.24 MB a sentence. document_route_words: how much the question's words shared
-    # with a sentence weigh beside the cosine (Routes.nearest; 0: the cosine alone). 3.0 was chosen on
-    # training-split questions (diagnostics/lexical_router.py): validation F1 +0.4 +- 0.3 on 256 fresh paragraphs,
-    # the answer's sentence found for 81.9% of questions against 74.7%.
+    # in an eighth of the bytes: 0.24 MB a sentence. route_words: how much the question's words shared
+    # with a sentence (or a chat's message) weigh beside the cosine (Routes.nearest; 0: the cosine alone). 3.0 was
+    # chosen on training-split questions (diagnostics/lexical_router.py): validation F1 +0.4 +- 0.3 on 256 fresh
+    # paragraphs, the answer's sentence found for 81.9% of questions against 74.7%; chats' recall +2.6 +- 2.3.
     document_routes: bool = True
     document_route_rank: int = 1
     document_max_routes: int = 128
-    document_route_words: float = 3.0
+    route_words: float = 3.0
     document_route_clauses: int = 0  # > 0: a sentence of more words is routed as its clauses (routed.clauses)
     # chats: beside a user's adapter, one route per message (the most recent conversation_max_routes; 0: none),
     # each at conversation_route_rank (0: as generated), routed like a document's (api.users; model card,
@@ -94,9 +94,9 @@ class Settings:
                              f"{self.conversation_max_routes} and {self.conversation_route_rank}")
         if self.document_route_clauses < 0:
             raise ValueError(f"setting document_route_clauses must be 0 or more, got {self.document_route_clauses}")
-        if not 0 <= self.document_route_words < math.inf:
-            raise ValueError(f"setting document_route_words must be a finite number at least 0, got "
-                             f"{self.document_route_words}")
+        if not 0 <= self.route_words < math.inf:
+            raise ValueError(f"setting route_words must be a finite number at least 0, got "
+                             f"{self.route_words}")
 
     def cache_threshold(self, kind: str) -> float:
         return float(getattr(self, f"cache_threshold_{kind}"))

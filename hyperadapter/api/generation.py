@@ -66,7 +66,7 @@ def _submit(prompt: str, body, kind: str, question: str):
     frequency, presence = penalties(adapter, body.frequency_penalty, body.presence_penalty)
     routed = None
     if body.route and adapter is not None:
-        adapter, taken = route(s.services.encoder, adapter, question, s.settings.document_route_words)
+        adapter, taken = route(s.services.encoder, adapter, question, s.settings.route_words)
         if taken is not None:
             routed = {**taken._asdict(), "similarity": round(taken.similarity, 4)}
             s.metrics.routed.inc()

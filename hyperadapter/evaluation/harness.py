@@ -80,9 +80,9 @@ class EvalConfig:
     # sentence nearest to it (hyperadapter.generator.routed); false: the one adapter, as results before
     # 2026-12-05 were made
     document_routes: bool = False
-    # the weight of a query's words in its route (Settings.document_route_words); 0, the cosine alone, as results
+    # the weight of a query's words in its route (Settings.route_words); 0, the cosine alone, as results
     # before the words were weighed were made
-    document_route_words: float = 0.0
+    route_words: float = 0.0
 
 
 def load_eval_config(path: str | Path, **overrides) -> EvalConfig:
@@ -149,7 +149,7 @@ class Harness:
         if adapter is None or adapter.routes is None:
             return [adapter] * len(record.queries)
         self.encoder = self.encoder or SentenceEncoder()
-        return [route(self.encoder, adapter, q.input, self.config.document_route_words)[0] for q in record.queries]
+        return [route(self.encoder, adapter, q.input, self.config.route_words)[0] for q in record.queries]
 
     def score_context(self, system: System, record: ContextRecord) -> dict:
         adapters = self.per_query(system.adapter(record), record)
