@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from hyperadapter.adapter import Routes
 from hyperadapter.durable import atomic_write_bytes
 from hyperadapter.generator import ContextStream, Generator
-from hyperadapter.generator.routed import routes_from
+from hyperadapter.generator.routed import message_routes, messages_of
 
 
 def user_owner(tenant: str, name: str) -> str:
@@ -133,13 +133,11 @@ class Users:
             return None
 
     def _message_routes(self, segments: list[str]) -> Routes | None:
-        """One route per message: its own conversation adapter (at route_rank), embedding and word keys."""
-        segments = [s for s in segments if s.strip()][-self.max_routes:] if self.max_routes else []
-        if not segments or self.generator.sentence_encoder is None:
+        """One route per message (routed.message_routes), the most recent max_routes."""
+        if not self.max_routes:
             return None
         with self._generate_lock:
-            made = self.generator.generate_many([("conversation", [s]) for s in segments], rank=self.route_rank)
-        return routes_from(self.generator.sentence_encoder, [s.strip() for s in segments], made)
+            return message_routes(self.generator, messages_of(segments)[-self.max_routes:], self.route_rank)
 
     def _joined(self, old: Routes | None, new: Routes | None) -> Routes | None:
         """The old routes then the new, the most recent max_routes of them."""

@@ -119,13 +119,38 @@ def generate_with_routes(generator: Generator, items: Sequence[tuple[str, str]],
     return adapters
 
 
-def generate_served(generator: Generator, items: Sequence[tuple[str, str]], settings) -> list[Adapter]:
-    """generate_many as the service makes adapters: documents with their routes, unless `settings` turn them
-    off (document_routes, document_route_rank, document_max_routes, document_route_clauses)."""
-    if not settings.document_routes:
-        return generator.generate_many(items)
-    return generate_with_routes(generator, items, rank=settings.document_route_rank,
-                                max_routes=settings.document_max_routes, longest=settings.document_route_clauses)
+def messages_of(context: str | Sequence[str]) -> list[str]:
+    """A chat's messages ("role: content", one a line, as the service streams them), or its segments as given."""
+    lines = context.split("\n") if isinstance(context, str) else [s.rstrip("\n") for s in context]
+    return [line for line in lines if line.strip()]
+
+
+def message_routes(generator: Generator, messages: list[str], rank: int | None) -> Routes | None:
+    """One route per chat message: its own conversation adapter (one batched generator call; with `rank`, at its
+    best approximation of that rank), embedding and word keys (model card, diagnostic 13)."""
+    if not messages or generator.sentence_encoder is None:
+        return None
+    made = generator.generate_many([("conversation", [m + "\n"]) for m in messages], rank=rank)
+    return routes_from(generator.sentence_encoder, messages, made)
+
+
+def generate_served(generator: Generator, items: Sequence[tuple[str, str | Sequence[str]]],
+                    settings) -> list[Adapter]:
+    """generate_many as the service makes adapters: documents with their sentences' routes and chats with their
+    messages', unless `settings` turn them off (document_routes, document_route_rank, document_max_routes,
+    document_route_clauses; conversation_max_routes, conversation_route_rank)."""
+    if settings.document_routes:
+        adapters = generate_with_routes(generator, items, rank=settings.document_route_rank,
+                                        max_routes=settings.document_max_routes,
+                                        longest=settings.document_route_clauses)
+    else:
+        adapters = generator.generate_many(items)
+    if settings.conversation_max_routes:
+        for (kind, context), adapter in zip(items, adapters):
+            if kind == "conversation":
+                adapter.routes = message_routes(generator, messages_of(context)[-settings.conversation_max_routes:],
+                                                settings.conversation_route_rank or None)
+    return adapters
 
 
 class Route(NamedTuple):
