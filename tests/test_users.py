@@ -62,6 +62,10 @@ def test_each_message_gets_its_own_route_carried_over_to_the_next_adapter_and_ca
         "assistant: Noted.", "user: I work as a glassblower in Bergen.", "user: My sister is Clara."])] == [True] * 3
     assert route(sentence_encoder, adapter, "Where do I work as a glassblower?", 3.0)[1].sentence == 1
     assert route(sentence_encoder, adapter, "What is my sister's name?", 3.0)[1].sentence == 2
+    # a restart at another route rank: the old routes are dropped, not stacked with the new ones
+    ranked = Users(tmp_path / "users", generator, store, max_routes=3, route_rank=2)
+    info = ranked.append("acme", "ann", [{"role": "user", "content": "I have a blue bicycle."}])
+    assert [a.rank for a in store.load(info["adapter_id"]).routes.adapters] == [2]
     plain = Users(tmp_path / "plain", generator, store)  # max_routes 0: the one adapter only
     assert store.load(plain.append("acme", "bob", first)["adapter_id"]).routes is None
     store.close()

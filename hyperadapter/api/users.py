@@ -140,9 +140,14 @@ class Users:
             return message_routes(self.generator, messages_of(segments)[-self.max_routes:], self.route_rank)
 
     def _joined(self, old: Routes | None, new: Routes | None) -> Routes | None:
-        """The old routes then the new, the most recent max_routes of them."""
-        if old is None or new is None or old.words is None or old.vectors.shape[1:] != new.vectors.shape[1:]:
-            return new if new is not None else old
+        """The old routes then the new, the most recent max_routes of them (the old dropped if they were made
+        otherwise: without words, or at another rank or alpha, as a changed setting leaves them)."""
+        if new is None:
+            return old
+        first, made = (old.adapters[0], new.adapters[0]) if old is not None else (None, None)
+        if old is None or old.words is None or old.vectors.shape[1:] != new.vectors.shape[1:] or (
+                first.rank, first.alpha) != (made.rank, made.alpha):
+            return new
         keep = slice(-self.max_routes, None)
         return Routes((old.adapters + new.adapters)[keep], torch.cat([old.vectors, new.vectors])[keep],
                       (old.words + new.words)[keep])
