@@ -9,7 +9,7 @@ kind's weights, and a question goes to the message whose sentence embedding is n
 question is decoded on its own; a chat's row holds its questions' mean under the chat's id, so `hyperadapter
 compare` pairs it with the chat's one adapter in another run.
   python diagnostics/routed_messages.py --config configs/eval_validation_chats_routed.toml \\
-      --out results/validation-chats-routed [--which right|wrong|both] [--rank 1] [--words 3] [--threads 2]
+      --out results/validation-chats-routed [--which right|wrong|both] [--rank 1] [--words 3] [--floor 0.3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ class RoutedMessages(RoutedSentences):
 
     kinds = ("conversation",)
 
-    def __init__(self, base, generator: Generator, wrong: bool = False, rank: int | None = None, words: float = 0.0):
+    def __init__(self, base, generator: Generator, wrong: bool = False, rank: int | None = None, words: float = 0.0,
+                 floor: float | None = None):
         super().__init__(base, generator, wrong=wrong, rank=rank, route_kind="conversation")
         self.name = self.name.replace("routed sentence adapters", "routed message adapters")
-        self.words = words
+        self.words, self.floor = words, floor
+        self.whole: dict[str, Adapter] = {}
 
     def adapter(self, record: ContextRecord) -> Adapter:
         chat = self.partner[record.id]
@@ -52,7 +54,12 @@ class RoutedMessages(RoutedSentences):
         routes = self.made[chat]
         asked = record.queries[0].input
         question = unit_embeddings(self.generator.sentence_encoder, [asked])[0]
-        return routes.adapters[routes.nearest(question, word_keys(asked), self.words)[0]]
+        index, cosine = routes.nearest(question, word_keys(asked), self.words)
+        if self.floor is not None and cosine < self.floor:  # no message is near: the chat's one adapter
+            if chat not in self.whole:
+                self.whole = {chat: self.generator.generate_adapter(self.contexts[chat], "conversation")}
+            return self.whole[chat]
+        return routes.adapters[index]
 
 
 def main() -> None:
@@ -62,11 +69,13 @@ def main() -> None:
     parser.add_argument("--which", choices=("both", "right", "wrong"), default="right")
     parser.add_argument("--rank", type=int, default=None, help="compress each message's adapter to this rank")
     parser.add_argument("--words", type=float, default=0.0, help="the weight of shared words beside the cosine")
+    parser.add_argument("--floor", type=float, default=None,
+                        help="below this cosine to the chosen message, answer with the chat's one adapter")
     parser.add_argument("--threads", type=int, default=2)
     args, config, settings, base = parsed(parser)
     data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
     generator = Generator.from_pretrained(config.generator or settings.generator, base, SentenceEncoder(), int8=True)
-    systems = [RoutedMessages(base, generator, wrong=wrong, rank=args.rank, words=args.words)
+    systems = [RoutedMessages(base, generator, wrong=wrong, rank=args.rank, words=args.words, floor=args.floor)
                for wrong in (False, True) if args.which == "both" or (args.which == "wrong") == wrong]
     PerQueryHarness(base, LoraRuntime(base), config, data_dir).run(
         systems, on_score=lambda partial: report.write(partial, args.out))
