@@ -9,7 +9,8 @@ kind's weights, and a question goes to the message whose sentence embedding is n
 question is decoded on its own; a chat's row holds its questions' mean under the chat's id, so `hyperadapter
 compare` pairs it with the chat's one adapter in another run.
   python diagnostics/routed_messages.py --config configs/eval_validation_chats_routed.toml \\
-      --out results/validation-chats-routed [--which right|wrong|both] [--rank 1] [--words 3] [--floor 0.3] [--threads 2]
+      --out results/validation-chats-routed [--which right|wrong|both] [--rank 1] [--words 3] [--floor 0.3] \\
+      [--threads 2]
 """
 
 from __future__ import annotations
