@@ -40,16 +40,17 @@ class RoutedMessages(RoutedSentences):
     kinds = ("conversation",)
 
     def __init__(self, base, generator: Generator, wrong: bool = False, rank: int | None = None, words: float = 0.0,
-                 floor: float | None = None):
+                 floor: float | None = None, users_only: bool = False):
         super().__init__(base, generator, wrong=wrong, rank=rank, route_kind="conversation")
         self.name = self.name.replace("routed sentence adapters", "routed message adapters")
-        self.words, self.floor = words, floor
+        self.words, self.floor, self.users_only = words, floor, users_only
         self.whole: dict[str, Adapter] = {}
 
     def adapter(self, record: ContextRecord) -> Adapter:
         chat = self.partner[record.id]
         if chat not in self.made:  # one chat at a time: its questions come one after another
-            messages = [m for m in self.contexts[chat].split("\n") if m.strip()]
+            messages = [m for m in self.contexts[chat].split("\n") if m.strip()
+                        and (not self.users_only or m.startswith("user:"))]
             made = self.generator.generate_many([("conversation", [m + "\n"]) for m in messages], rank=self.rank)
             self.made = {chat: routes_from(self.generator.sentence_encoder, messages, made)}
         routes = self.made[chat]
@@ -70,13 +71,15 @@ def main() -> None:
     parser.add_argument("--which", choices=("both", "right", "wrong"), default="right")
     parser.add_argument("--rank", type=int, default=None, help="compress each message's adapter to this rank")
     parser.add_argument("--words", type=float, default=0.0, help="the weight of shared words beside the cosine")
+    parser.add_argument("--users-only", action="store_true", help="routes for the user's messages only")
     parser.add_argument("--floor", type=float, default=None,
                         help="below this cosine to the chosen message, answer with the chat's one adapter")
     parser.add_argument("--threads", type=int, default=2)
     args, config, settings, base = parsed(parser)
     data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
     generator = Generator.from_pretrained(config.generator or settings.generator, base, SentenceEncoder(), int8=True)
-    systems = [RoutedMessages(base, generator, wrong=wrong, rank=args.rank, words=args.words, floor=args.floor)
+    systems = [RoutedMessages(base, generator, wrong=wrong, rank=args.rank, words=args.words, floor=args.floor,
+                              users_only=args.users_only)
                for wrong in (False, True) if args.which == "both" or (args.which == "wrong") == wrong]
     PerQueryHarness(base, LoraRuntime(base), config, data_dir).run(
         systems, on_score=lambda partial: report.write(partial, args.out))
