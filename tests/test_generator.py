@@ -804,7 +804,7 @@ def test_generate_with_routes_gives_documents_compressed_routes_in_one_batch(bas
     assert len(generate_with_routes(generator, items[:1], rank=8, max_routes=2)[0].routes.adapters) == 2
 
 
-def test_the_service_gives_a_chat_one_route_per_message_and_a_task_none(base, sentence_encoder):
+def test_the_service_gives_a_chat_one_route_per_user_message_and_a_task_none(base, sentence_encoder):
     from hyperadapter.config import DEFAULT_GENERATOR, Settings
     from hyperadapter.generator.routed import generate_served, route
     generator = Generator.from_pretrained(DEFAULT_GENERATOR, base, sentence_encoder)
@@ -812,11 +812,11 @@ def test_the_service_gives_a_chat_one_route_per_message_and_a_task_none(base, se
     items = [("conversation", chat), ("task", "Say hi politely."), ("conversation", chat.splitlines(keepends=True))]
     made = generate_served(generator, items, Settings())
     assert made[1].routes is None
-    for adapter in (made[0], made[2]):  # a chat given whole or as its messages
-        assert len(adapter.routes.adapters) == 3 and all(a.rank == 1 for a in adapter.routes.adapters)
+    for adapter in (made[0], made[2]):  # a chat given whole or as its messages: the user's two are routed
+        assert len(adapter.routes.adapters) == 2 and all(a.rank == 1 for a in adapter.routes.adapters)
         assert route(sentence_encoder, adapter, "What is my horse called?", 3.0)[1].sentence == 0
-        assert route(sentence_encoder, adapter, "Where do I work?", 3.0)[1].sentence == 2
-    assert generate_served(generator, items[:1], Settings(conversation_max_routes=2))[0].routes.vectors.shape[0] == 2
+        assert route(sentence_encoder, adapter, "Where do I work?", 3.0)[1].sentence == 1
+    assert generate_served(generator, items[:1], Settings(conversation_max_routes=1))[0].routes.vectors.shape[0] == 1
     assert generate_served(generator, items[:1], Settings(conversation_max_routes=0))[0].routes is None
 
 

@@ -41,25 +41,28 @@ def test_a_replaced_generator_rereads_the_history(base, sentence_encoder, tmp_pa
     store.close()
 
 
-def test_each_message_gets_its_own_route_carried_over_to_the_next_adapter_and_capped(base, sentence_encoder, tmp_path):
+def test_each_user_message_gets_its_own_route_carried_over_to_the_next_adapter_and_capped(base, sentence_encoder,
+                                                                                          tmp_path):
     from hyperadapter.generator.routed import route, word_keys
     from tests.conftest import relative_difference
     generator = perturb_generator(Generator.fresh(base, sentence_encoder, seed=0, chunk_tokens=16), 0)
     store = AdapterStore(tmp_path / "store")
     users = Users(tmp_path / "users", generator, store, max_routes=3, route_rank=1)
-    first = [{"role": "user", "content": "My horse is called Atticus."}, {"role": "assistant", "content": "Noted."}]
+    first = [{"role": "user", "content": "My horse is called Atticus."}, {"role": "assistant", "content": "Noted."},
+             {"role": "user", "content": "I have a red kite."}]
     routes = store.load(users.append("acme", "ann", first)["adapter_id"]).routes
-    assert len(routes.adapters) == 2 and all(a.rank == 1 for a in routes.adapters)
-    own = generator.generate_many([("conversation", ["assistant: Noted.\n"])], rank=1)[0]  # made from it alone
+    assert len(routes.adapters) == 2 and all(a.rank == 1 for a in routes.adapters)  # the user's messages only
+    own = generator.generate_many([("conversation", ["user: I have a red kite.\n"])], rank=1)[0]  # made from it alone
     module = next(iter(own.weights))
     assert relative_difference(routes.adapters[1].delta_weight(module), own.delta_weight(module)) < 0.02
     more = [{"role": "user", "content": "I work as a glassblower in Bergen."},
+            {"role": "assistant", "content": "How lovely."},
             {"role": "user", "content": "My sister is Clara."}]
     info = users.append("acme", "ann", more)
     adapter = store.load(info["adapter_id"])
     assert len(adapter.routes.adapters) == 3  # the most recent three: the horse's message dropped
     assert [torch.equal(w, word_keys(m)) for w, m in zip(adapter.routes.words, [
-        "assistant: Noted.", "user: I work as a glassblower in Bergen.", "user: My sister is Clara."])] == [True] * 3
+        "user: I have a red kite.", "user: I work as a glassblower in Bergen.", "user: My sister is Clara."])] == [True] * 3
     assert route(sentence_encoder, adapter, "Where do I work as a glassblower?", 3.0)[1].sentence == 1
     assert route(sentence_encoder, adapter, "What is my sister's name?", 3.0)[1].sentence == 2
     # a restart at another route rank: the old routes are dropped, not stacked with the new ones
