@@ -56,7 +56,7 @@ class Settings:
     document_route_clauses: int = 0  # > 0: a sentence of more words is routed as its clauses (routed.clauses)
     # chats: beside a user's adapter, one route per message of the user's (the most recent
     # conversation_max_routes; 0: none), each at conversation_route_rank (0: as generated), routed like a
-    # document's (api.users; model card, diagnostic 13: test recall 55.2 against 32.3 for the chat's one adapter)
+    # document's (api.users; model card, diagnostic 13: test recall 56.8 against 32.3 for the chat's one adapter)
     conversation_max_routes: int = 128
     conversation_route_rank: int = 1
 
