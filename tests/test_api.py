@@ -244,7 +244,7 @@ def test_users_facts_change_their_answers_only_and_forgetting_removes_everything
              {"role": "assistant", "content": "Nice to meet Biscuit!"},
              {"role": "user", "content": "I live in Lisbon and I work as a florist."}]
     r = post(server, "/v1/users/alice/messages", {"messages": facts})
-    assert r.status_code == 200 and r.json()["messages"] == 3
+    assert r.status_code == 200 and r.json()["messages"] == 3 and r.json()["routes"] == 2  # her own two messages
     first_id = r.json()["adapter_id"]
     r = post(server, "/v1/users/alice/messages", {"messages": [{"role": "user", "content": "My sister is Clara."}]})
     assert r.json()["messages"] == 4 and r.json()["adapter_id"] != first_id

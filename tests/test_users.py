@@ -60,7 +60,7 @@ def test_each_user_message_gets_its_own_route_carried_over_to_the_next_adapter_a
             {"role": "user", "content": "My sister is Clara."}]
     info = users.append("acme", "ann", more)
     adapter = store.load(info["adapter_id"])
-    assert len(adapter.routes.adapters) == 3  # the most recent three: the horse's message dropped
+    assert len(adapter.routes.adapters) == 3 == info["routes"]  # the most recent three: the horse's message dropped
     kept = ["user: I have a red kite.", "user: I work as a glassblower in Bergen.", "user: My sister is Clara."]
     assert all(torch.equal(w, word_keys(m)) for w, m in zip(adapter.routes.words, kept, strict=True))
     assert route(sentence_encoder, adapter, "Where do I work as a glassblower?", 3.0)[1].sentence == 1

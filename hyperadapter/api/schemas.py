@@ -178,6 +178,8 @@ class UserInfo(BaseModel):
     adapter_id: str
     messages: int
     tokens: int
+    routes: int = Field(default=0, description="the user's messages routed among (one adapter each); 0 for users "
+                        "last updated before messages were routed")
 
 
 class Health(BaseModel):

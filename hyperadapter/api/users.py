@@ -92,7 +92,8 @@ class Users:
                 for m in messages:
                     f.write(json.dumps({"role": m["role"], "content": m["content"]}) + "\n")
             info = {"user": name, "adapter_id": record.id, "messages": (old or {}).get("messages", 0) + len(messages),
-                    "tokens": stream.n_tokens, "history_hash": digest}
+                    "tokens": stream.n_tokens, "routes": len(adapter.routes.adapters) if adapter.routes else 0,
+                    "history_hash": digest}
             atomic_write_bytes(folder / "meta.json", json.dumps(info).encode())
             if old and old["adapter_id"] != record.id:
                 self.store.delete(old["adapter_id"])

@@ -31,7 +31,13 @@ def append(name: str):
         raise too_large(f"messages hold {total} characters; the limit is {s.settings.max_context_chars}")
     info = s.users.append(tenant(), name, [m.model_dump() for m in body.messages])
     s.metrics.generated.inc()
-    return jsonify(UserInfo(**{k: info[k] for k in ("user", "adapter_id", "messages", "tokens")}).model_dump())
+    return _reply(info)
+
+
+def _reply(info: dict):
+    """A user's meta as the API shows it (meta written before routes were kept has none: 0)."""
+    return jsonify(UserInfo(**{k: info[k] for k in ("user", "adapter_id", "messages", "tokens")},
+                            routes=info.get("routes", 0)).model_dump())
 
 
 @bp.get("/v1/users/<name>")
@@ -40,7 +46,7 @@ def read(name: str):
     info = state().users.info(tenant(), name)
     if info is None:
         raise not_found(f"no user {name!r}")
-    return jsonify(UserInfo(**{k: info[k] for k in ("user", "adapter_id", "messages", "tokens")}).model_dump())
+    return _reply(info)
 
 
 @bp.delete("/v1/users/<name>")
