@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-reuse", action="store_true")
     g.add_argument("--no-route", action="store_true",
                    help="with a document's adapter: answer with the document's one adapter, not the adapter of "
-                        "the sentence nearest to the prompt (model card: test F1 8.9 against 11.0)")
+                        "the sentence nearest to the prompt (model card: test F1 8.9 against 11.3)")
     g.add_argument("--config")
     g.set_defaults(func=cmd_generate)
 

@@ -138,7 +138,7 @@ class Users:
         if not self.max_routes:
             return None
         with self._generate_lock:
-            return message_routes(self.generator, user_messages(segments)[-self.max_routes:], self.route_rank)
+            return message_routes(self.generator, [user_messages(segments)[-self.max_routes:]], self.route_rank)[0]
 
     def _joined(self, old: Routes | None, new: Routes | None) -> Routes | None:
         """The old routes then the new, the most recent max_routes of them (the old dropped if they were made

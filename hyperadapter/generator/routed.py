@@ -127,13 +127,18 @@ def user_messages(context: str | Sequence[str]) -> list[str]:
     return [line for line in lines if line.startswith("user:") and line.strip()]
 
 
-def message_routes(generator: Generator, messages: list[str], rank: int | None) -> Routes | None:
-    """One route per chat message: its own conversation adapter (one batched generator call; with `rank`, at its
-    best approximation of that rank), embedding and word keys (model card, diagnostic 13)."""
-    if not messages or generator.sentence_encoder is None:
-        return None
-    made = generator.generate_many([("conversation", [m + "\n"]) for m in messages], rank=rank)
-    return routes_from(generator.sentence_encoder, messages, made)
+def message_routes(generator: Generator, chats: Sequence[list[str]], rank: int | None) -> list[Routes | None]:
+    """Per chat, one route per message: its own conversation adapter (with `rank`, at its best approximation of
+    that rank), embedding and word keys (model card, diagnostic 13); every chat's messages in one batched
+    generator call. None for a chat of no messages, or without the sentence encoder."""
+    if generator.sentence_encoder is None:
+        return [None] * len(chats)
+    made = generator.generate_many([("conversation", [m + "\n"]) for ms in chats for m in ms], rank=rank)
+    out, start = [], 0
+    for ms in chats:
+        out.append(routes_from(generator.sentence_encoder, ms, made[start:start + len(ms)]) if ms else None)
+        start += len(ms)
+    return out
 
 
 def generate_served(generator: Generator, items: Sequence[tuple[str, str | Sequence[str]]],
@@ -147,11 +152,11 @@ def generate_served(generator: Generator, items: Sequence[tuple[str, str | Seque
                                         longest=settings.document_route_clauses)
     else:
         adapters = generator.generate_many(items)
-    if settings.conversation_max_routes:
-        for (kind, context), adapter in zip(items, adapters):
-            if kind == "conversation":
-                adapter.routes = message_routes(generator, user_messages(context)[-settings.conversation_max_routes:],
-                                                settings.conversation_route_rank or None)
+    chats = [i for i, (kind, _) in enumerate(items) if kind == "conversation"]
+    if settings.conversation_max_routes and chats:
+        messages = [user_messages(items[i][1])[-settings.conversation_max_routes:] for i in chats]
+        for i, routes in zip(chats, message_routes(generator, messages, settings.conversation_route_rank or None)):
+            adapters[i].routes = routes
     return adapters
 
 
