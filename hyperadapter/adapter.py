@@ -6,7 +6,9 @@ On disk an adapter is a PEFT folder (`adapter_config.json` + `adapter_model.safe
 we write and we read what `peft` trains. Our own metadata rides in the safetensors header.
 A document's adapter may also carry `Routes`: one adapter per sentence with the sentence's embedding, so that a
 question is answered with the adapter of its nearest sentence (model card, diagnostic 10). They ride in a third
-file, `adapter_routes.safetensors`, which `peft`, vLLM and LoRAX ignore: they apply the one adapter.
+file, `adapter_routes.safetensors`, which `peft`, vLLM and LoRAX ignore: they apply the one adapter. A user's
+routes grow by a few messages at a time, so theirs may span several such files, listed in `adapter_routes.json`:
+a new adapter hard-links the files its predecessor already wrote instead of writing every route again.
 Adapters are never pickled: safetensors only.
 """
 
@@ -32,6 +34,8 @@ from hyperadapter.durable import fsync_path, swap_in_dir
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 ROUTES_NAME = "adapter_routes.safetensors"
+ROUTES_PARTS = "adapter_routes.json"  # routes in several files: their names, in order, and what each holds
+_PART_NAME = re.compile(r"^adapter_routes(\.[1-9][0-9]{0,5})?\.safetensors$")
 PEFT_PREFIX = "base_model.model."
 MAX_RANK = 256
 _KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<name>[^.]+))?\.weight$")
@@ -140,7 +144,7 @@ class Adapter:
                       metadata={"format": "pt", "hyperadapter": json.dumps(self.metadata, sort_keys=True)})
             (tmp / CONFIG_NAME).write_text(json.dumps(self.peft_config(), indent=2))
             if self.routes is not None:
-                self.routes.save(tmp / ROUTES_NAME)
+                self.routes.save(tmp)
             for f in tmp.iterdir():
                 fsync_path(f)
             swap_in_dir(tmp, directory)
@@ -204,8 +208,7 @@ class Adapter:
             factor = scale / (alpha0 / rank)
             weights[module] = (a, b if factor == 1.0 else b * factor)
         base_model = config.get("base_model_name_or_path") or ""
-        routes_path = directory / ROUTES_NAME
-        routes = Routes.load(routes_path, base_model) if routes_path.is_file() else None
+        routes = Routes.load_folder(directory, base_model)
         return cls(weights=weights, alpha=alpha0, base_model=base_model, metadata=metadata, routes=routes)
 
     # ---------------------------------------------------------------- arithmetic
@@ -267,6 +270,16 @@ class Adapter:
                        self.alpha, self.base_model, dict(self.metadata), self.routes)
 
 
+@dataclass(frozen=True)
+class RoutesFile:
+    """A routes file already on disk whose routes from the `skip`-th on (`count` of them) are some of a Routes'
+    routes: a new adapter folder can hard-link it rather than write them again. `path` None: not on disk yet."""
+
+    path: Path | None
+    skip: int
+    count: int
+
+
 @dataclass
 class Routes:
     """A document's sentence adapters (one per sentence, or per group of sentences), each with its sentence's
@@ -278,6 +291,8 @@ class Routes:
     # per adapter, its sentence's content-word keys (int64, generator.routed.word_keys): the words, not the text;
     # None in routes made before words were kept, which route by the cosine alone
     words: list[Tensor] | None = None
+    # the files on disk that hold the first routes, in order (set by load_folder, kept by joined): save links them
+    files: list[RoutesFile] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self):
         if not self.adapters or self.vectors.dim() != 2 or self.vectors.shape[0] != len(self.adapters):
@@ -286,6 +301,9 @@ class Routes:
         if self.words is not None and len(self.words) != len(self.adapters):
             raise AdapterError(f"routes need one set of word keys per adapter, got {len(self.words)} for "
                                f"{len(self.adapters)} adapters")
+        if sum(f.count for f in self.files) > len(self.adapters):
+            raise AdapterError(f"routes files hold {sum(f.count for f in self.files)} routes, more than the "
+                               f"{len(self.adapters)} routes")
 
     @property
     def nbytes(self) -> int:
@@ -312,32 +330,95 @@ class Routes:
         holds = torch.stack([torch.isin(keys, w) for w in self.words]).float()  # [routes, question words]
         return holds @ torch.log1p(len(self.words) / holds.sum(0).clamp(min=1))
 
-    def save(self, path: Path) -> None:
-        """One safetensors file: per module the adapters' factors stacked ([adapters, r, in] and
-        [adapters, out, r]), then the vectors; alpha in the header."""
-        first = self.adapters[0]
-        tensors = {f"{module}.lora_{ab}": torch.stack([a.weights[module][i] for a in self.adapters]).contiguous()
+    @staticmethod
+    def joined(old: "Routes", new: "Routes", keep: int) -> "Routes":
+        """old's routes then new's, the most recent `keep` of them. The files that hold old's routes stay
+        listed (the dropped routes skipped), so a new adapter links them and writes only new's routes."""
+        adapters = old.adapters + new.adapters
+        drop = max(0, len(adapters) - keep)
+        files, left = [], drop
+        for f in old.files:
+            if left >= f.count:
+                left -= f.count
+                continue
+            files.append(RoutesFile(f.path, f.skip + left, f.count - left))
+            left = 0
+        words = None if old.words is None or new.words is None else (old.words + new.words)[drop:]
+        return Routes(adapters[drop:], torch.cat([old.vectors, new.vectors])[drop:], words, files)
+
+    def save(self, directory: Path) -> None:
+        """Write the routes into an adapter folder: one file, or, where some are on disk already (`files`),
+        those files hard-linked (written again only where a link cannot be made) and the rest in a new file,
+        with `adapter_routes.json` listing the files in order. The newest files are merged while the one
+        before is no larger (a binary counter): a user's routes stay in a few files, and each route is
+        written about log2(routes) times over its life instead of once per update."""
+        parts = self._parts()
+        if len(parts) == 1 and parts[0].path is None:
+            self._write(directory / ROUTES_NAME, 0, len(self.adapters))
+            return
+        listed, start = [], 0
+        for i, part in enumerate(parts):
+            name = ROUTES_NAME if i == 0 else f"adapter_routes.{i}.safetensors"
+            if part.path is not None and _hard_link(part.path, directory / name):
+                listed.append({"file": name, "skip": part.skip, "count": part.count})
+            else:
+                self._write(directory / name, start, start + part.count)
+                listed.append({"file": name, "skip": 0, "count": part.count})
+            start += part.count
+        (directory / ROUTES_PARTS).write_text(json.dumps({"parts": listed}))
+
+    def _parts(self) -> list[RoutesFile]:
+        parts = list(self.files)
+        covered = sum(f.count for f in parts)
+        if covered < len(self.adapters):
+            parts.append(RoutesFile(None, 0, len(self.adapters) - covered))
+        while len(parts) > 1 and parts[-2].count <= parts[-1].count:
+            last = parts.pop()
+            parts[-1] = RoutesFile(None, 0, parts[-1].count + last.count)
+        return parts
+
+    def _write(self, path: Path, start: int, stop: int) -> None:
+        """One safetensors file of routes [start, stop): per module the adapters' factors stacked
+        ([adapters, r, in] and [adapters, out, r]), then the vectors and word keys; alpha in the header."""
+        adapters = self.adapters[start:stop]
+        first = adapters[0]
+        tensors = {f"{module}.lora_{ab}": torch.stack([a.weights[module][i] for a in adapters]).contiguous()
                    for module in sorted(first.weights) for i, ab in enumerate("AB")}
-        tensors["vectors"] = self.vectors.float().contiguous()
+        tensors["vectors"] = self.vectors[start:stop].float().contiguous()
         if self.words is not None:  # ragged: all keys in one tensor, and how many each route has
-            tensors["words"] = torch.cat(self.words).to(torch.int64).contiguous()
-            tensors["word_counts"] = torch.tensor([len(w) for w in self.words], dtype=torch.int64)
+            words = self.words[start:stop]
+            tensors["words"] = torch.cat(words).to(torch.int64).contiguous()
+            tensors["word_counts"] = torch.tensor([len(w) for w in words], dtype=torch.int64)
         save_file(tensors, path, metadata={"format": "pt", "lora_alpha": str(first.alpha)})
 
     @staticmethod
     def count(directory: str | os.PathLike) -> int:
-        """How many routes an adapter folder holds (0 without a routes file), read from the header alone."""
-        path = Path(directory) / ROUTES_NAME
-        if not path.is_file():
-            return 0
-        try:
-            with safe_open(path, "pt") as f:
-                return f.get_slice("vectors").get_shape()[0]
-        except Exception as exc:
-            raise AdapterError(f"{path}: cannot read sentence routes ({exc})") from exc
+        """How many routes an adapter folder holds (0 without routes), read from the files' headers alone."""
+        return sum(part["count"] for part in _listed_parts(Path(directory)))
+
+    @classmethod
+    def load_folder(cls, directory: Path, base_model: str) -> "Routes | None":
+        """The routes an adapter folder holds (None without), whether in one file or listed in several."""
+        loaded, files = [], []
+        for part in _listed_parts(directory):
+            path = directory / part["file"]
+            routes = cls.load(path, base_model)
+            skip = part["skip"]
+            loaded.append(Routes(routes.adapters[skip:], routes.vectors[skip:],
+                                 None if routes.words is None else routes.words[skip:]))
+            files.append(RoutesFile(path, skip, part["count"]))
+        if not loaded:
+            return None
+        first = loaded[0].adapters[0]
+        if any((r.adapters[0].rank, r.adapters[0].alpha, r.vectors.shape[1]) !=
+               (first.rank, first.alpha, loaded[0].vectors.shape[1]) for r in loaded):
+            raise AdapterError(f"{directory}: routes files of different ranks, alphas or vector sizes")
+        words = None if any(r.words is None for r in loaded) else [w for r in loaded for w in r.words]
+        return cls([a for r in loaded for a in r.adapters], torch.cat([r.vectors for r in loaded]), words, files)
 
     @classmethod
     def load(cls, path: Path, base_model: str) -> "Routes":
+        """One routes file."""
         try:
             with safe_open(path, "pt") as f:  # one read: the header's alpha and the tensors
                 alpha = float((f.metadata() or {})["lora_alpha"])
@@ -363,6 +444,47 @@ class Routes:
         adapters = [Adapter({m: (ab["A"][i], ab["B"][i]) for m, ab in stacked.items()}, alpha, base_model)
                     for i in range(vectors.shape[0])]
         return cls(adapters, vectors, None if words is None else list(words.split(counts.tolist())))
+
+
+def _listed_parts(directory: Path) -> list[dict]:
+    """An adapter folder's routes files in order, each {"file", "skip", "count"}, checked against the files'
+    headers: [] without routes; AdapterError for a list that names other files, or counts they do not hold."""
+    listing = directory / ROUTES_PARTS
+    if not listing.is_file():
+        parts = [{"file": ROUTES_NAME, "skip": 0, "count": None}] if (directory / ROUTES_NAME).is_file() else []
+    else:
+        try:
+            parts = json.loads(listing.read_text())["parts"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AdapterError(f"{listing}: not a list of routes files ({exc})") from exc
+        if not isinstance(parts, list) or not parts or not all(
+                isinstance(p, dict) and isinstance(p.get("file"), str) and _PART_NAME.match(p["file"])
+                and type(p.get("skip")) is int and type(p.get("count")) is int and p["skip"] >= 0 and p["count"] >= 1
+                for p in parts):
+            raise AdapterError(f"{listing}: parts must be a list of {{file: adapter_routes[.N].safetensors, "
+                               f"skip: >= 0, count: >= 1}}")
+    for part in parts:
+        path = directory / part["file"]
+        try:
+            with safe_open(path, "pt") as f:
+                held = f.get_slice("vectors").get_shape()[0]
+        except Exception as exc:  # missing or damaged
+            raise AdapterError(f"{path}: cannot read sentence routes ({exc})") from exc
+        if part["count"] is None:
+            part["count"] = held
+        elif part["skip"] + part["count"] != held:
+            raise AdapterError(f"{listing}: {part['file']} is listed with {part['skip'] + part['count']} routes "
+                               f"but holds {held}")
+    return parts
+
+
+def _hard_link(source: Path, target: Path) -> bool:
+    """Link `source` as `target`; False where it cannot be (deleted meanwhile, on another file system)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        return False
+    return True
 
 
 def best_rank(a: Tensor, b: Tensor, rank: int) -> tuple[Tensor, Tensor]:

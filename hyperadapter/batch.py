@@ -59,7 +59,7 @@ LOCK = ".batch.lock"
 OWNER = "batch"
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")  # = adapter.CONFIG_NAME, WEIGHTS_NAME
 CONFIG, WEIGHTS = PEFT_FILES
-ROUTES = "adapter_routes.safetensors"  # = adapter.ROUTES_NAME; only a document's adapter has it
+ROUTES = "adapter_routes"  # adapter.ROUTES_NAME and ROUTES_PARTS start so: a document's or chat's routes
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # as the store's ids: no '/', no leading '.'
 _PART = re.compile(r"^(manifest|errors)\.(\d+)\.jsonl$")
 _LEFTOVER = re.compile(r"^\..+\.(tmp|old)-")  # our temp folders/files (and Adapter.save's)
@@ -294,13 +294,18 @@ def _clean_leftovers(out_dir: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
+def _routes_names(source: Path) -> list[str]:
+    """The routes files of a stored adapter folder: none, one, or the parts a user's routes span and their list."""
+    return sorted(p.name for p in source.iterdir() if p.name.startswith(ROUTES))
+
+
 def _publish(pairs: list[tuple[Item, Path]], out_dir: Path) -> dict[str, str]:
     """Put each stored adapter folder at DIR/<id>/ atomically. Returns {item id: reason} for failures.
 
-    The weights file is a hard link to the store's (the store never rewrites a file in place: a new
-    adapter is a new folder), so publishing writes no weights; the small config is copied, so that
-    editing it in DIR cannot touch the store. Where links are impossible (another file system) the
-    weights are copied too. Copies are fsynced before any rename, once per batch."""
+    The weights and routes files are hard links to the store's (the store never rewrites a file in place:
+    a new adapter is a new folder), so publishing writes no weights; the small JSON files are copied, so
+    that editing them in DIR cannot touch the store. Where links are impossible (another file system)
+    the weights are copied too. Copies are fsynced before any rename, once per batch."""
     failed: dict[str, str] = {}
     staged: list[tuple[Item, Path]] = []
     copied: list[Path] = []
@@ -308,10 +313,11 @@ def _publish(pairs: list[tuple[Item, Path]], out_dir: Path) -> dict[str, str]:
         tmp = out_dir / f".{item.id}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            shutil.copyfile(source / CONFIG, tmp / CONFIG)
-            copied.append(tmp / CONFIG)
-            for name in (WEIGHTS, ROUTES) if (source / ROUTES).is_file() else (WEIGHTS,):
-                if not _link(source / name, tmp / name):
+            for name in (CONFIG, WEIGHTS, *_routes_names(source)):
+                if name.endswith(".json"):  # small: copied, so that editing it in DIR cannot touch the store
+                    shutil.copyfile(source / name, tmp / name)
+                    copied.append(tmp / name)
+                elif not _link(source / name, tmp / name):
                     copied.append(tmp / name)
         except FileNotFoundError:  # evicted from the store since it was returned (a tiny store)
             shutil.rmtree(tmp, ignore_errors=True)

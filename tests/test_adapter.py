@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -100,12 +101,81 @@ def test_broken_routes_are_refused_with_their_reason(base, tmp_path):
     routes = _with_routes(base).routes
     routes.words = [torch.arange(3), torch.arange(2), torch.arange(4)]
     tensors = {"vectors": routes.vectors, "words": torch.arange(9), "word_counts": torch.tensor([3, 2, 3])}
-    routes.save(tmp_path / "r.safetensors")
+    (tmp_path / "r").mkdir()
+    routes.save(tmp_path / "r")
     from safetensors.torch import load_file, save_file
-    saved = load_file(tmp_path / "r.safetensors")
-    save_file({**saved, **tensors}, tmp_path / "r.safetensors", metadata={"lora_alpha": "4.0"})
+    saved = load_file(tmp_path / "r" / ROUTES_NAME)
+    save_file({**saved, **tensors}, tmp_path / "r" / ROUTES_NAME, metadata={"lora_alpha": "4.0"})
     with pytest.raises(AdapterError, match="word keys that do not match its 3 routes"):
-        Routes.load(tmp_path / "r.safetensors", base.model_id)
+        Routes.load(tmp_path / "r" / ROUTES_NAME, base.model_id)
+
+
+def _grown(routes: Routes, base, seed: int, keep: int = 100) -> Routes:
+    """`routes` joined with one new route (made from `seed`), the most recent `keep`."""
+    new = Routes([make_adapter(base, seed, rank=4, alpha=4.0).to(torch.float16)],
+                 torch.nn.functional.normalize(torch.randn(1, 384), dim=-1), [torch.tensor([seed])])
+    return Routes.joined(routes, new, keep)
+
+
+def _same_routes(a: Routes, b: Routes) -> bool:
+    return (torch.equal(a.vectors, b.vectors) and all(torch.equal(x, y) for x, y in zip(a.words, b.words, strict=True))
+            and all(torch.equal(x.weights[m][i], y.weights[m][i]) for x, y in zip(a.adapters, b.adapters, strict=True)
+                    for m in x.weights for i in (0, 1)))
+
+
+def test_a_grown_routes_links_the_files_its_predecessor_wrote_and_writes_only_the_new(base, tmp_path):
+    adapter = _with_routes(base, 2)
+    adapter.routes.words = [torch.tensor([0]), torch.tensor([1])]
+    adapter.save(tmp_path / "0")
+    inodes = {}
+    for step in range(1, 8):  # one route more each time, as a user's messages arrive one by one
+        before = Adapter.load(tmp_path / str(step - 1))
+        adapter.routes = _grown(before.routes, base, 100 + step)
+        adapter.save(tmp_path / str(step))
+        loaded = Adapter.load(tmp_path / str(step))
+        assert _same_routes(loaded.routes, adapter.routes) and Routes.count(tmp_path / str(step)) == 2 + step
+        files = sorted((tmp_path / str(step)).glob("adapter_routes*.safetensors"))
+        inodes[step] = {f.stat().st_ino for f in files}
+        # files hold routes as a binary counter's digits: [2, 1], [4], [4, 1], [4, 2], [4, 2, 1], [8], [8, 1]
+        assert [f.count for f in loaded.routes.files] == [[2, 1], [4], [4, 1], [4, 2], [4, 2, 1], [8], [8, 1]][step - 1]
+    assert inodes[7] & inodes[6] and inodes[5] & inodes[4]  # the unmerged files are linked, not written again
+    for step in range(7):
+        shutil.rmtree(tmp_path / str(step))
+    assert _same_routes(Adapter.load(tmp_path / "7").routes, adapter.routes)  # a link outlives the old folder
+
+
+def test_dropping_the_oldest_routes_skips_them_in_a_linked_file_and_a_lost_file_is_written_again(base, tmp_path):
+    adapter = _with_routes(base, 4)
+    adapter.routes.words = [torch.tensor([i]) for i in range(4)]
+    adapter.save(tmp_path / "a")
+    adapter.routes = _grown(Adapter.load(tmp_path / "a").routes, base, 50, keep=4)  # the oldest one dropped
+    adapter.save(tmp_path / "b")
+    listed = json.loads((tmp_path / "b" / "adapter_routes.json").read_text())["parts"]
+    assert listed == [{"file": ROUTES_NAME, "skip": 1, "count": 3}, {"file": "adapter_routes.1.safetensors",
+                                                                      "skip": 0, "count": 1}]
+    assert (tmp_path / "b" / ROUTES_NAME).stat().st_ino == (tmp_path / "a" / ROUTES_NAME).stat().st_ino
+    loaded = Adapter.load(tmp_path / "b").routes
+    assert _same_routes(loaded, adapter.routes) and Routes.count(tmp_path / "b") == 4
+    assert [int(w) for w in loaded.words] == [1, 2, 3, 50]
+    # the predecessor deleted before the save: its routes are written from memory instead
+    grown = _grown(loaded, base, 60, keep=4)
+    shutil.copytree(tmp_path / "b", tmp_path / "d")
+    shutil.rmtree(tmp_path / "a")
+    shutil.rmtree(tmp_path / "b")
+    adapter.routes = grown
+    adapter.save(tmp_path / "c")
+    assert _same_routes(Adapter.load(tmp_path / "c").routes, grown)
+    # a list that names a file outside the folder's routes, or says a file holds what it does not, is refused
+    listing = tmp_path / "d" / "adapter_routes.json"
+    parts = json.loads(listing.read_text())["parts"]
+    for bad, reason in (([{**parts[0], "file": "../../adapter_model.safetensors"}] + parts[1:], "parts must be"),
+                        ([{**parts[0], "count": parts[0]["count"] + 1}] + parts[1:], "is listed with"),
+                        ("not json", "not a list of routes files")):
+        listing.write_text(bad if isinstance(bad, str) else json.dumps({"parts": bad}))
+        with pytest.raises(AdapterError, match=reason):
+            Adapter.load(tmp_path / "d")
+        with pytest.raises(AdapterError, match=reason):
+            Routes.count(tmp_path / "d")
 
 
 def test_save_replaces_atomically_and_leaves_no_temp(base, tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from hyperadapter.adapter import Adapter
-from hyperadapter.batch import PEFT_FILES, ROUTES, _Appender, _read_jsonl, context_hash, parse_input
+from hyperadapter.batch import PEFT_FILES, _Appender, _read_jsonl, context_hash, parse_input
 from hyperadapter.config import REPO_ROOT, default_data_root
 from hyperadapter.retrieval.cache import AdapterCache
 from hyperadapter.retrieval.store import AdapterStore
@@ -87,7 +87,8 @@ def _check_folders(out: Path, ids: set[str], root: Path, manifest: list[dict]) -
     assert not [p.name for p in out.iterdir() if LEFTOVER.search(p.name)]
     for row in manifest:
         folder, stored = out / row["id"], root / "store" / "adapters" / row["adapter"]
-        files = PEFT_FILES + ((ROUTES,) if (stored / ROUTES).is_file() else ())
+        files = [p.name for p in stored.iterdir()]  # the PEFT files and any routes files
+        assert set(PEFT_FILES) <= set(files)
         for name in files:
             assert (folder / name).read_bytes() == (stored / name).read_bytes()
         assert sorted(p.name for p in folder.iterdir()) == sorted(files)

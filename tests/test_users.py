@@ -7,6 +7,7 @@ import json
 
 import torch
 
+from hyperadapter.adapter import ROUTES_NAME
 from hyperadapter.api.users import Users
 from hyperadapter.generator import Generator
 from hyperadapter.retrieval.store import AdapterStore
@@ -65,6 +66,15 @@ def test_each_user_message_gets_its_own_route_carried_over_to_the_next_adapter_a
     assert all(torch.equal(w, word_keys(m)) for w, m in zip(adapter.routes.words, kept, strict=True))
     assert route(sentence_encoder, adapter, "Where do I work as a glassblower?", 3.0)[1].sentence == 1
     assert route(sentence_encoder, adapter, "What is my sister's name?", 3.0)[1].sentence == 2
+    # the next update links the routes file its predecessor wrote (skipping the dropped route), writing one route
+    routes_file = store.adapter_dir / info["adapter_id"] / ROUTES_NAME
+    inode = routes_file.stat().st_ino
+    info = users.append("acme", "ann", [{"role": "user", "content": "I sail a boat called Wren."}])
+    folder = store.adapter_dir / info["adapter_id"]
+    assert (folder / ROUTES_NAME).stat().st_ino == inode and not routes_file.exists()  # the old adapter retired
+    assert json.loads((folder / "adapter_routes.json").read_text())["parts"][0] == {"file": ROUTES_NAME, "skip": 1,
+                                                                                    "count": 2}
+    assert route(sentence_encoder, store.load(info["adapter_id"]), "What is my sister's name?", 3.0)[1].sentence == 1
     # a restart at another route rank: the old routes are dropped, not stacked with the new ones
     ranked = Users(tmp_path / "users", generator, store, max_routes=3, route_rank=2)
     info = ranked.append("acme", "ann", [{"role": "user", "content": "I have a blue bicycle."}])

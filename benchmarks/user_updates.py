@@ -1,0 +1,107 @@
+"""What a user's update costs as their routes grow: time and bytes written per POST of one message.
+
+    python benchmarks/user_updates.py                  # 160 updates of one user message (+ a reply) each
+    python benchmarks/user_updates.py --updates 300 --max-routes 128
+
+Each update is `api.users.Users.append`, as `POST /v1/users/{name}/messages` runs it, with the shipped
+generator and the service's route settings. Two users are updated in turn, side by side in one run, in two
+stores: one as served (the new adapter hard-links the routes files its predecessor wrote and writes only
+the new message's route, merging its newest files as a binary counter), and one with the links turned off,
+as before: every update writes all of the user's routes again. "Written" counts the bytes of files whose
+inode the previous adapter's folder did not hold. Both users' routes are checked to be the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hyperadapter.api.users import Users  # noqa: E402
+from hyperadapter.base import load_base  # noqa: E402
+from hyperadapter.embedding import SentenceEncoder  # noqa: E402
+from hyperadapter.generator import Generator  # noqa: E402
+from hyperadapter.retrieval.store import AdapterStore  # noqa: E402
+
+CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "smollm2-135m-generator"
+THINGS = ["dog", "cat", "sister", "brother", "home town", "employer", "car", "bicycle", "teacher", "boat"]
+
+
+class RewritingUsers(Users):
+    """Users as before hard links: the joined routes forget their files, so every update writes them all."""
+
+    def _joined(self, old, new):
+        routes = super()._joined(old, new)
+        if routes is not None:
+            routes.files = []
+        return routes
+
+
+def written(folder: Path, before: set[int]) -> tuple[int, set[int]]:
+    """Bytes of `folder`'s files that are not links to `before`'s inodes, and its inodes."""
+    inodes, total = set(), 0
+    for f in folder.iterdir():
+        st = f.stat()
+        inodes.add(st.st_ino)
+        total += 0 if st.st_ino in before else st.st_size
+    return total, inodes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--updates", type=int, default=160)
+    parser.add_argument("--max-routes", type=int, default=128, help="the service's conversation_max_routes")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    base = load_base("default")
+    generator = Generator.from_pretrained(CHECKPOINT, base, SentenceEncoder(), int8=True)
+    root = Path(tempfile.mkdtemp(prefix="user-updates-"))
+    systems = {}
+    for name, cls in (("hard-linked (served)", Users), ("rewritten (before)", RewritingUsers)):
+        store = AdapterStore(root / name.split()[0] / "store")
+        users = cls(root / name.split()[0] / "users", generator, store, threading.Lock(), max_routes=args.max_routes,
+                    route_rank=1)
+        systems[name] = {"users": users, "store": store, "inodes": set(), "times": [], "bytes": [], "parts": 0}
+    for i in range(args.updates):
+        messages = [{"role": "user", "content": f"My {THINGS[i % len(THINGS)]} number {i} is called Name{i}."},
+                    {"role": "assistant", "content": "Noted."}]
+        for s in systems.values():
+            start = time.perf_counter()
+            info = s["users"].append("bench", "ann", messages)
+            s["times"].append(time.perf_counter() - start)
+            folder = s["store"].adapter_dir / info["adapter_id"]
+            nbytes, s["inodes"] = written(folder, s["inodes"])
+            s["bytes"].append(nbytes)
+            s["parts"] = len(list(folder.glob("adapter_routes*.safetensors")))
+            s["routes"], s["id"] = info["routes"], info["adapter_id"]
+    served, before = (systems[k] for k in systems)
+    a, b = served["store"].load(served["id"]).routes, before["store"].load(before["id"]).routes
+    assert len(a.adapters) == len(b.adapters) and torch.equal(a.vectors, b.vectors), "the two users' routes differ"
+    full = [i for i in range(args.updates) if i + 1 >= args.max_routes * 3 // 4]  # updates with many routes
+    print(f"{args.updates} updates of one user message each, max_routes {args.max_routes}, rank-1 routes, "
+          f"{args.threads} threads; 'late' = updates {full[0] + 1}-{args.updates} (at least "
+          f"{min(full[0] + 1, args.max_routes)} routes)\n")
+    print("| routes files | p50 ms, all | p50 ms, late | MB written, all | MB per update, late | files at the end |")
+    print("|---|---|---|---|---|---|")
+    for name, s in systems.items():
+        late_t, late_b = [s["times"][i] for i in full], [s["bytes"][i] for i in full]
+        print(f"| {name} | {statistics.median(s['times']) * 1e3:.0f} | {statistics.median(late_t) * 1e3:.0f} | "
+              f"{sum(s['bytes']) / 1e6:.0f} | {statistics.mean(late_b) / 1e6:.2f} | {s['parts']} |")
+    ratio = sum(before["bytes"]) / sum(served["bytes"])
+    print(f"\nbytes written, before / served: {ratio:.1f}x; p50 late update, before / served: "
+          f"{statistics.median([before['times'][i] for i in full]) / statistics.median([served['times'][i] for i in full]):.2f}x")
+    for s in systems.values():
+        s["store"].close()
+
+
+if __name__ == "__main__":
+    main()
