@@ -48,7 +48,9 @@ def _resolve_url() -> str:
             if f.get("hashes", {}).get("sha256") not in (None, SHA256):
                 raise SourceError(f"PyPI lists a different sha256 for {FILENAME}; refusing it")
             return f["url"]
-    raise SourceError(f"{FILENAME} is not on PyPI's index")
+    listed = ", ".join(f["filename"] for f in files) or "nothing"
+    raise SourceError(f"{FILENAME} is not on PyPI's index (it lists {listed}); give a local copy with "
+                      f"--source PATH/{FILENAME} (sha256 {SHA256})")
 
 
 def fetch(cache_dir: Path, source: Path | None = None) -> Path:
