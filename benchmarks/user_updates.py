@@ -4,11 +4,13 @@
     python benchmarks/user_updates.py --updates 300 --max-routes 128
 
 Each update is `api.users.Users.append`, as `POST /v1/users/{name}/messages` runs it, with the shipped
-generator and the service's route settings. Two users are updated in turn, side by side in one run, in two
-stores: one as served (the new adapter hard-links the routes files its predecessor wrote and writes only
-the new message's route, merging its newest files as a binary counter), and one with the links turned off,
-as before: every update writes all of the user's routes again. "Written" counts the bytes of files whose
-inode the previous adapter's folder did not hold. Both users' routes are checked to be the same.
+generator and the service's route settings, then the first reply's `store.load` of the new adapter. Two users
+are updated in turn, side by side in one run, in two stores: one as served (the new adapter hard-links the
+routes files its predecessor wrote and writes only the new message's route, merging its newest files as a
+binary counter; the store keeps what it wrote in memory), and one as before: every update writes all of the
+user's routes again, and the update and the first reply each read the adapter from disk. "Written" counts
+the bytes of files whose inode the previous adapter's folder did not hold. Both users' routes are checked to
+be the same.
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ class RewritingUsers(Users):
         return routes
 
 
+class ForgetfulStore(AdapterStore):
+    """A store as before `remember`: what it writes is read from disk when first used."""
+
+    def put(self, *args, remember: bool = False, **kwargs):
+        return super().put(*args, **kwargs)
+
+
 def written(folder: Path, before: set[int]) -> tuple[int, set[int]]:
     """Bytes of `folder`'s files that are not links to `before`'s inodes, and its inodes."""
     inodes, total = set(), 0
@@ -66,11 +75,13 @@ def main() -> None:
     generator = Generator.from_pretrained(CHECKPOINT, base, SentenceEncoder(), int8=True)
     root = Path(tempfile.mkdtemp(prefix="user-updates-"))
     systems = {}
-    for name, cls in (("hard-linked (served)", Users), ("rewritten (before)", RewritingUsers)):
-        store = AdapterStore(root / name.split()[0] / "store")
+    for name, cls, store_cls in (("hard-linked, kept (served)", Users, AdapterStore),
+                                 ("rewritten, read (before)", RewritingUsers, ForgetfulStore)):
+        store = store_cls(root / name.split()[0] / "store")
         users = cls(root / name.split()[0] / "users", generator, store, threading.Lock(), max_routes=args.max_routes,
                     route_rank=1)
-        systems[name] = {"users": users, "store": store, "inodes": set(), "times": [], "bytes": [], "parts": 0}
+        systems[name] = {"users": users, "store": store, "inodes": set(), "times": [], "bytes": [], "parts": 0,
+                         "loads": []}
     for i in range(args.updates):
         messages = [{"role": "user", "content": f"My {THINGS[i % len(THINGS)]} number {i} is called Name{i}."},
                     {"role": "assistant", "content": "Noted."}]
@@ -78,6 +89,9 @@ def main() -> None:
             start = time.perf_counter()
             info = s["users"].append("bench", "ann", messages)
             s["times"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            s["store"].load(info["adapter_id"])  # what the user's first reply after it does
+            s["loads"].append(time.perf_counter() - start)
             folder = s["store"].adapter_dir / info["adapter_id"]
             nbytes, s["inodes"] = written(folder, s["inodes"])
             s["bytes"].append(nbytes)
@@ -90,12 +104,15 @@ def main() -> None:
     print(f"{args.updates} updates of one user message each, max_routes {args.max_routes}, rank-1 routes, "
           f"{args.threads} threads; 'late' = updates {full[0] + 1}-{args.updates} (at least "
           f"{min(full[0] + 1, args.max_routes)} routes)\n")
-    print("| routes files | p50 ms, all | p50 ms, late | MB written, all | MB per update, late | files at the end |")
-    print("|---|---|---|---|---|---|")
+    print("| routes files | update p50 ms, all | update p50 ms, late | first reply's load p50 ms, late | MB written, "
+          "all | MB per update, late | files at the end |")
+    print("|---|---|---|---|---|---|---|")
     for name, s in systems.items():
         late_t, late_b = [s["times"][i] for i in full], [s["bytes"][i] for i in full]
+        late_load = statistics.median([s["loads"][i] for i in full])
         print(f"| {name} | {statistics.median(s['times']) * 1e3:.0f} | {statistics.median(late_t) * 1e3:.0f} | "
-              f"{sum(s['bytes']) / 1e6:.0f} | {statistics.mean(late_b) / 1e6:.2f} | {s['parts']} |")
+              f"{late_load * 1e3:.1f} | {sum(s['bytes']) / 1e6:.0f} | {statistics.mean(late_b) / 1e6:.2f} | "
+              f"{s['parts']} |")
     ratio = sum(before["bytes"]) / sum(served["bytes"])
     print(f"\nbytes written, before / served: {ratio:.1f}x; p50 late update, before / served: "
           f"{statistics.median([before['times'][i] for i in full]) / statistics.median([served['times'][i] for i in full]):.2f}x")

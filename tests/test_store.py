@@ -104,6 +104,34 @@ def test_a_documents_routes_are_stored_counted_and_loaded_with_it(tmp_path):
         assert store.load(plain.id).routes is None and store.integrity_check() == []
 
 
+def test_a_remembered_adapter_is_served_from_memory_as_a_load_from_disk_would_give_it(tmp_path, monkeypatch):
+    from hyperadapter.adapter import Routes
+    adapter = real_shaped_adapter(0)
+    adapter.metadata["note"] = "x"
+    adapter.routes = Routes([small_adapter(1), small_adapter(2)], torch.eye(2, 384), [torch.tensor([1]), torch.tensor([2, 3])])
+    with AdapterStore(tmp_path) as store:
+        rec = store.put(adapter, kind="conversation", owner="t", context_hash="h", key=key(0), remember=True)
+        plain = store.put(real_shaped_adapter(1), kind="task", owner="t", context_hash="p", key=key(1))
+        from_disk = Adapter.load(rec.path)
+        def no_reading(*args, **kwargs):
+            raise OSError("read from disk")
+        monkeypatch.setattr(Adapter, "load", no_reading)
+        kept = store.load(rec.id)  # no disk read
+        assert kept.metadata == from_disk.metadata and kept.metadata["id"] == rec.id
+        assert all(torch.equal(kept.weights[m][i], from_disk.weights[m][i]) for m in from_disk.weights for i in (0, 1))
+        assert torch.equal(kept.routes.vectors, from_disk.routes.vectors)
+        assert all(torch.equal(a, b) for a, b in zip(kept.routes.words, from_disk.routes.words, strict=True))
+        assert kept.routes.files == from_disk.routes.files and kept.routes.files[0].path.parent == rec.path
+        for got, disk in zip(kept.routes.adapters, from_disk.routes.adapters, strict=True):
+            assert (got.alpha, got.base_model, got.metadata) == (disk.alpha, disk.base_model, disk.metadata)
+            assert all(torch.equal(got.weights[m][1], disk.weights[m][1]) for m in disk.weights)
+        with pytest.raises(OSError, match="read from disk"):
+            store.load(plain.id)  # not remembered: read when first asked for
+        store.delete(rec.id)
+        with pytest.raises(AdapterNotFound):
+            store.load(rec.id)
+
+
 def test_find_exact_returns_newest_and_touch_counts(tmp_path):
     with AdapterStore(tmp_path) as store:
         a = store.put(small_adapter(1), kind="task", owner="t", context_hash="same", key=key(1))

@@ -84,7 +84,7 @@ class Users:
             adapter.routes = self._joined(routes, self._message_routes(segments))
             key = torch.nn.functional.normalize(stream.sentence_sum, dim=0).numpy().astype(np.float32)
             record = self.store.put(adapter, kind="conversation", owner=user_owner(tenant, name),
-                                    context_hash=digest, key=key, metadata={"user": name})
+                                    context_hash=digest, key=key, metadata={"user": name}, remember=True)
             tensors, meta = stream.to_tensors()
             tmp = folder / "state.safetensors.tmp"
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)

@@ -226,7 +226,7 @@ class AdapterCache:
             raise ValueError(f"the generator made an adapter for base model {adapter.base_model!r}, "
                              f"but {base_model!r} was asked for")
         record = self.store.put(adapter, kind=kind, owner=owner, context_hash=chash, key=key,
-                                metadata=self._tagged(metadata))
+                                metadata=self._tagged(metadata), remember=True)  # it is about to be used
         return CacheResult(record, False, None, None, "generated")
 
 

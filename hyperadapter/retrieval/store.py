@@ -286,8 +286,11 @@ class AdapterStore:
 
     # ---------------------------------------------------------------- writing
     def put(self, adapter: Adapter, *, kind: str, owner: str, context_hash: str, key,
-            adapter_id: str | None = None, metadata: dict | None = None) -> AdapterRecord:
-        """Store an adapter with its key; durable when it returns. May evict least recently used adapters."""
+            adapter_id: str | None = None, metadata: dict | None = None, remember: bool = False) -> AdapterRecord:
+        """Store an adapter with its key; durable when it returns. May evict least recently used adapters.
+        `remember`: keep it in the in-memory LRU as `load` would give it back (for one that is about to be used:
+        a user's adapter, a context's adapter made for a reply), so that its first use reads nothing.
+        Treat `adapter` as read-only from then on: the LRU holds its tensors."""
         for name, value in (("kind", kind), ("owner", owner), ("context_hash", context_hash)):
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}")
@@ -323,17 +326,19 @@ class AdapterStore:
                 now = time.time()
                 try:
                     with self._transaction() as conn:
-                        conn.execute("INSERT INTO adapters (id, kind, owner, context_hash, base_model, rank, created, "
+                        seq = conn.execute("INSERT INTO adapters (id, kind, owner, context_hash, base_model, rank, created, "
                                      "last_used, hits, nbytes, metadata, key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                                      (adapter_id, kind, owner, context_hash, adapter.base_model, adapter.rank, now,
-                                      now, 0, nbytes, meta_json, key.tobytes()))
+                                      now, 0, nbytes, meta_json, key.tobytes())).lastrowid
                 except BaseException:
                     _remove(final)
                     raise
                 evicted = self._evict(keep=adapter_id)
+                if remember:  # under the lock: a delete cannot come between the row and the LRU
+                    self._loaded.put(seq, tagged.as_saved(final))
         finally:
             _remove(staging)
-        self._loaded.drop(seq for seq, _ in evicted)
+        self._loaded.drop(s for s, _ in evicted)
         self._sync()
         return AdapterRecord(adapter_id, kind, owner, context_hash, adapter.base_model, adapter.rank, now, now, 0,
                              nbytes, metadata or {}, final)
