@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python benchmarks/cache.py
 	$(BIN)/python benchmarks/serve.py
 	$(BIN)/python benchmarks/batch.py
+	$(BIN)/python benchmarks/user_updates.py
 
 data: setup
 	$(BIN)/hyperadapter data prepare
