@@ -15,7 +15,7 @@ penalties, 32 new tokens, the question alone in the prompt. For questions about 
 (the value in the reply, as the harness scores chats) and how often the route is the message that states it.
 For questions about facts the user never stated: how many replies loop, and how many name another of the
 user's facts (an answer taken from the wrong message), beside the base model's replies.
-  python diagnostics/long_chats.py [--users 16] [--lengths 8,32,128] [--facts 4] [--unstated 2] [--threads 2]
+  python diagnostics/long_chats.py [--users 16] [--lengths 8,32,128] [--facts 4] [--unstated 2] [--embed]
 """
 
 from __future__ import annotations
@@ -115,16 +115,24 @@ def make_users(n: int, n_facts: int, n_unstated: int, seed: int) -> list[User]:
     return users
 
 
-def chat(user: User, length: int) -> tuple[list[str], list[int]]:
-    """`length` of the user's messages (each followed by a reply): the facts among small talk, at random places.
-    Returns the chat's lines and, per fact, the index of the user's message that states it."""
+def chat(user: User, length: int, embed: bool = False) -> tuple[list[str], list[int]]:
+    """`length` of the user's messages (each followed by a reply): the facts among small talk, at random places;
+    with `embed`, each fact inside a message of small talk, before or after it, as the data's builders put them
+    into Topical-Chat turns. Returns the chat's lines and, per fact, the index of the user's message that states it."""
     rng = random.Random(user.seed * 7 + length)
     at = sorted(rng.sample(range(length), len(user.facts)))
     fill = iter(rng.sample(FILLER, len(FILLER)) * math.ceil(length / len(FILLER)))
     facts = iter(user.facts)
     lines = []
     for i in range(length):
-        lines.append(f"user: {next(facts).statement if i in at else next(fill)}\n")
+        if i not in at:
+            text = next(fill)
+        elif embed:
+            text, fact = next(fill), next(facts).statement
+            text = f"{text} {fact}" if rng.random() < 0.5 else f"{fact} {text}"
+        else:
+            text = next(facts).statement
+        lines.append(f"user: {text}\n")
         lines.append(f"assistant: {rng.choice(REPLIES)}\n")
     return lines, at
 
@@ -143,6 +151,7 @@ def main() -> None:
     parser.add_argument("--unstated", type=int, default=2, help="questions about facts each user never states")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--embed", action="store_true", help="each fact inside a message of small talk")
     args = parser.parse_args()
     if args.facts + args.unstated > len(SLOTS):
         parser.error(f"--facts + --unstated must be at most {len(SLOTS)}, the fact slots")
@@ -162,7 +171,7 @@ def main() -> None:
     for length in lengths:
         per_user = {k: [] for k in ("one", "routed", "found", "loop_one", "loop_routed", "leak_one", "leak_routed")}
         for user in users:
-            lines, at = chat(user, length)
+            lines, at = chat(user, length, args.embed)
             whole = generate_served(generator, [("conversation", lines)], one)[0]
             routed = generate_served(generator, [("conversation", lines)], served)[0]
             questions = [f.question for f in user.facts] + user.unstated
@@ -180,8 +189,9 @@ def main() -> None:
                   f"{per_user['routed'][-1]:.2f} found {per_user['found'][-1]:.2f}", file=sys.stderr, flush=True)
         diff = [r - o for r, o in zip(per_user["routed"], per_user["one"])]
         rows.append((length, per_user, diff))
-    print(f"{args.users} made-up users, {args.facts} facts stated and {args.unstated} never stated each; the user's "
-          f"messages each followed by a reply; greedy, chat penalties, 32 new tokens\n")
+    print(f"{args.users} made-up users, {args.facts} facts stated{' inside small talk' if args.embed else ''} and "
+          f"{args.unstated} never stated each; the user's messages each followed by a reply; greedy, chat penalties, "
+          f"32 new tokens\n")
     print("| user's messages | recall, one adapter | recall, routed (served) | routed - one | routed to the fact's "
           "message | never stated: looped, one / routed / base | never stated: names another fact, one / routed |")
     print("|---|---|---|---|---|---|---|")
