@@ -75,6 +75,12 @@ def test_each_user_message_gets_its_own_route_carried_over_to_the_next_adapter_a
     assert json.loads((folder / "adapter_routes.json").read_text())["parts"][0] == {"file": ROUTES_NAME, "skip": 1,
                                                                                     "count": 2}
     assert route(sentence_encoder, store.load(info["adapter_id"]), "What is my sister's name?", 3.0)[1].sentence == 1
+    assert store.integrity_check() == []
+    part = folder / "adapter_routes.1.safetensors"
+    kept = part.read_bytes()
+    part.unlink()  # a routes file lost: the store's check names it
+    assert any("adapter_routes.1.safetensors" in problem for problem in store.integrity_check())
+    part.write_bytes(kept)
     # a restart at another route rank: the old routes are dropped, not stacked with the new ones
     ranked = Users(tmp_path / "users", generator, store, max_routes=3, route_rank=2)
     info = ranked.append("acme", "ann", [{"role": "user", "content": "I have a blue bicycle."}])

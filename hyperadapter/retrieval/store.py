@@ -52,7 +52,7 @@ from typing import Any, Iterator
 import numpy as np
 from filelock import FileLock
 
-from hyperadapter.adapter import Adapter, AdapterError
+from hyperadapter.adapter import Adapter, AdapterError, Routes
 from hyperadapter.durable import fsync_path
 from hyperadapter.retrieval.index import (ANN_MIN, IndexConfig, IndexFileError, Scope, ScopeIndex,
                                           load_index, save_index)
@@ -610,7 +610,8 @@ class AdapterStore:
 
     # ---------------------------------------------------------------- health
     def integrity_check(self) -> list[str]:
-        """Problems found (empty = fine): SQLite's own check, the totals, every row's folder and key,
+        """Problems found (empty = fine): SQLite's own check, the totals, every row's folder (its routes files
+        too) and key,
         folders without a row, and the index against the rows (each key in its scope, nothing extra)."""
         problems: list[str] = []
         with self._write_locked():  # no insert or delete, from any process, while we look
@@ -630,6 +631,10 @@ class AdapterStore:
                 for name in ("adapter_config.json", "adapter_model.safetensors"):
                     if not (folder / name).is_file():
                         problems.append(f"adapter {aid}: {folder / name} is missing")
+                try:  # its routes files, if any, are all there and hold what their list says
+                    Routes.count(folder)
+                except AdapterError as exc:
+                    problems.append(f"adapter {aid}: {exc}")
                 if key_len != 4 * self.dim:
                     problems.append(f"adapter {aid}: key has {key_len} bytes, expected {4 * self.dim}")
             for path in self.adapter_dir.iterdir():
