@@ -343,7 +343,8 @@ class Routes:
     @staticmethod
     def joined(old: "Routes", new: "Routes", keep: int) -> "Routes":
         """old's routes then new's, the most recent `keep` of them. The files that hold old's routes stay
-        listed (the dropped routes skipped), so a new adapter links them and writes only new's routes."""
+        listed (the dropped routes skipped), so a new adapter links them and writes only new's routes. A
+        file stays until all its routes are dropped: a folder may hold up to one file's worth of them."""
         adapters = old.adapters + new.adapters
         drop = max(0, len(adapters) - keep)
         files, left = [], drop

@@ -335,7 +335,10 @@ class AdapterStore:
                     raise
                 evicted = self._evict(keep=adapter_id)
                 if remember:  # under the lock: a delete cannot come between the row and the LRU
-                    self._loaded.put(seq, tagged.as_saved(final))
+                    try:
+                        self._loaded.put(seq, tagged.as_saved(final))
+                    except AdapterError:  # its routes files unreadable just after writing: read when used
+                        pass
         finally:
             _remove(staging)
         self._loaded.drop(s for s, _ in evicted)
