@@ -114,8 +114,8 @@ def main() -> None:
               f"{late_load * 1e3:.1f} | {sum(s['bytes']) / 1e6:.0f} | {statistics.mean(late_b) / 1e6:.2f} | "
               f"{s['parts']} |")
     ratio = sum(before["bytes"]) / sum(served["bytes"])
-    print(f"\nbytes written, before / served: {ratio:.1f}x; p50 late update, before / served: "
-          f"{statistics.median([before['times'][i] for i in full]) / statistics.median([served['times'][i] for i in full]):.2f}x")
+    late = [statistics.median([s["times"][i] for i in full]) for s in (before, served)]
+    print(f"\nbytes written, before / served: {ratio:.1f}x; p50 late update, before / served: {late[0] / late[1]:.2f}x")
     for s in systems.values():
         s["store"].close()
 

@@ -108,7 +108,8 @@ def test_a_remembered_adapter_is_served_from_memory_as_a_load_from_disk_would_gi
     from hyperadapter.adapter import Routes
     adapter = real_shaped_adapter(0)
     adapter.metadata["note"] = "x"
-    adapter.routes = Routes([small_adapter(1), small_adapter(2)], torch.eye(2, 384), [torch.tensor([1]), torch.tensor([2, 3])])
+    adapter.routes = Routes([small_adapter(1), small_adapter(2)], torch.eye(2, 384),
+                            [torch.tensor([1]), torch.tensor([2, 3])])
     with AdapterStore(tmp_path) as store:
         rec = store.put(adapter, kind="conversation", owner="t", context_hash="h", key=key(0), remember=True)
         plain = store.put(real_shaped_adapter(1), kind="task", owner="t", context_hash="p", key=key(1))

@@ -326,10 +326,11 @@ class AdapterStore:
                 now = time.time()
                 try:
                     with self._transaction() as conn:
-                        seq = conn.execute("INSERT INTO adapters (id, kind, owner, context_hash, base_model, rank, created, "
-                                     "last_used, hits, nbytes, metadata, key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                                     (adapter_id, kind, owner, context_hash, adapter.base_model, adapter.rank, now,
-                                      now, 0, nbytes, meta_json, key.tobytes())).lastrowid
+                        seq = conn.execute("INSERT INTO adapters (id, kind, owner, context_hash, base_model, rank, "
+                                           "created, last_used, hits, nbytes, metadata, key) "
+                                           "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                                           (adapter_id, kind, owner, context_hash, adapter.base_model, adapter.rank,
+                                            now, now, 0, nbytes, meta_json, key.tobytes())).lastrowid
                 except BaseException:
                     _remove(final)
                     raise
