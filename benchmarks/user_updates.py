@@ -9,8 +9,9 @@ are updated in turn, side by side in one run, in two stores: one as served (the 
 routes files its predecessor wrote and writes only the new message's route, merging its newest files as a
 binary counter; the store keeps what it wrote in memory), and one as before: every update writes all of the
 user's routes again, and the update and the first reply each read the adapter from disk. "Written" counts
-the bytes of files whose inode the previous adapter's folder did not hold. Both users' routes are checked to
-be the same.
+the bytes of the adapter folder's files whose inode the previous adapter's folder did not hold; the user's
+streaming state (`state.safetensors`, a fixed size) is written on every update either way, shown beside.
+Both users' routes are checked to be the same.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def main() -> None:
         users = cls(root / name.split()[0] / "users", generator, store, threading.Lock(), max_routes=args.max_routes,
                     route_rank=1)
         systems[name] = {"users": users, "store": store, "inodes": set(), "times": [], "bytes": [], "parts": 0,
-                         "loads": []}
+                         "loads": [], "state_bytes": []}
     for i in range(args.updates):
         messages = [{"role": "user", "content": f"My {THINGS[i % len(THINGS)]} number {i} is called Name{i}."},
                     {"role": "assistant", "content": "Noted."}]
@@ -94,7 +95,9 @@ def main() -> None:
             s["loads"].append(time.perf_counter() - start)
             folder = s["store"].adapter_dir / info["adapter_id"]
             nbytes, s["inodes"] = written(folder, s["inodes"])
+            state = s["users"].root / "bench" / "ann" / "state.safetensors"  # the user's stream, rewritten each time
             s["bytes"].append(nbytes)
+            s["state_bytes"].append(state.stat().st_size)
             s["parts"] = len(list(folder.glob("adapter_routes*.safetensors")))
             s["routes"], s["id"] = info["routes"], info["adapter_id"]
     served, before = (systems[k] for k in systems)
@@ -104,15 +107,15 @@ def main() -> None:
     print(f"{args.updates} updates of one user message each, max_routes {args.max_routes}, rank-1 routes, "
           f"{args.threads} threads; 'late' = updates {full[0] + 1}-{args.updates} (at least "
           f"{min(full[0] + 1, args.max_routes)} routes)\n")
-    print("| routes files | update p50 ms, all | update p50 ms, late | first reply's load p50 ms, late | MB written, "
-          "all | MB per update, late | files at the end |")
-    print("|---|---|---|---|---|---|---|")
+    print("| routes files | update p50 ms, all | update p50 ms, late | first reply's load p50 ms, late | adapter MB "
+          "written, all | adapter MB per update, late | + the user's state, MB per update | files at the end |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, s in systems.items():
         late_t, late_b = [s["times"][i] for i in full], [s["bytes"][i] for i in full]
         late_load = statistics.median([s["loads"][i] for i in full])
         print(f"| {name} | {statistics.median(s['times']) * 1e3:.0f} | {statistics.median(late_t) * 1e3:.0f} | "
               f"{late_load * 1e3:.1f} | {sum(s['bytes']) / 1e6:.0f} | {statistics.mean(late_b) / 1e6:.2f} | "
-              f"{s['parts']} |")
+              f"{statistics.mean(s['state_bytes']) / 1e6:.2f} | {s['parts']} |")
     ratio = sum(before["bytes"]) / sum(served["bytes"])
     late = [statistics.median([s["times"][i] for i in full]) for s in (before, served)]
     print(f"\nbytes written, before / served: {ratio:.1f}x; p50 late update, before / served: {late[0] / late[1]:.2f}x")
