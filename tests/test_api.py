@@ -232,7 +232,7 @@ def test_tenants_are_isolated_and_keys_required(server, task_adapter):
     assert aid not in [a["id"] for a in listed["data"]]
 
 
-def test_users_facts_change_their_answers_only_and_forgetting_removes_everything(server):
+def test_users_facts_change_their_answers_only_and_forgetting_removes_everything(server, tmp_path):
     oa = client(server)
     ask = [{"role": "user", "content": "What is the name of my dog?"}]
     r = post(server, "/v1/users/bob/messages", {"messages": [{"role": "user", "content": "I like hiking in the hills."}]})
@@ -255,6 +255,15 @@ def test_users_facts_change_their_answers_only_and_forgetting_removes_everything
     routed = post(server, "/v1/chat/completions", {"model": "user:alice", "messages": ask, "max_tokens": 4})
     assert routed.status_code == 200 and routed.json()["route"]["routes"] == 3
     assert routed.json()["route"]["sentence"] == 0
+    # her routes span two files, the first update's (linked, not written again) and the new message's: the zip
+    # carries both and their list, and they load back as her three routes
+    z = requests.get(f"{server}/v1/adapters/{r.json()['adapter_id']}/peft", headers=auth(), timeout=60)
+    assert z.status_code == 200
+    names = set(zipfile.ZipFile(io.BytesIO(z.content)).namelist())
+    assert {"adapter_routes.json", "adapter_routes.safetensors", "adapter_routes.1.safetensors"} <= names
+    zipfile.ZipFile(io.BytesIO(z.content)).extractall(tmp_path / "alice")
+    from hyperadapter.adapter import Adapter
+    assert len(Adapter.load(tmp_path / "alice").routes.adapters) == 3
     bob_after = oa.chat.completions.create(model="user:bob", messages=ask, max_tokens=16, temperature=0)
     assert bob_after.choices[0].message.content == bob_before.choices[0].message.content
     assert requests.get(f"{server}/v1/users/bob", headers=auth(), timeout=30).json()["adapter_id"] == bob_adapter
