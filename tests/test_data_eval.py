@@ -203,6 +203,17 @@ def test_choice_scores_match_a_plain_forward(base, runtime):
         assert got == pytest.approx(sum(float(logp[len(p) - 1 + i, t]) for i, t in enumerate(c)), abs=1e-3)
 
 
+def test_an_eval_without_prepared_data_says_so_before_anything_else(tmp_path):
+    from hyperadapter.config import load_settings
+    from hyperadapter.evaluation.harness import EvalConfig
+    from hyperadapter.evaluation.run import run_eval
+    # the multi-task LoRA is missing too, and the base is not even loaded: the data is what is named
+    config = EvalConfig(out_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "nothing"), kinds=["document"],
+                        systems=["multitask-lora"], multitask_lora=str(tmp_path / "no-lora"))
+    with pytest.raises(FileNotFoundError, match="document.jsonl is missing: run `hyperadapter data prepare`"):
+        run_eval(config, load_settings())
+
+
 def test_harness_end_to_end(base, runtime, sentence_encoder, tmp_path):
     from hyperadapter.config import load_settings
     from hyperadapter.evaluation.harness import EvalConfig

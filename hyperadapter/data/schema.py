@@ -78,7 +78,12 @@ def load_split(data_dir: Path, split: str, kind: str) -> list[ContextRecord]:
     """Prepared records of one kind in one split (run `hyperadapter data prepare` first)."""
     if split not in SPLITS or kind not in KINDS:
         raise ValueError(f"unknown split/kind {split!r}/{kind!r}; splits {SPLITS}, kinds {KINDS}")
+    return list(read_records(require_split(data_dir, split, kind)))
+
+
+def require_split(data_dir: Path, split: str, kind: str) -> Path:
+    """The prepared file of one kind in one split, or a FileNotFoundError saying how to make it."""
     path = Path(data_dir) / split / f"{kind}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `hyperadapter data prepare` first")
-    return list(read_records(path))
+    return path

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hyperadapter.config import Settings
+from hyperadapter.data.schema import require_split
 from hyperadapter.evaluation import report
 from hyperadapter.evaluation.harness import EvalConfig, Harness
 from hyperadapter.evaluation.names import GENERATOR_SYSTEMS, RESULT_NAMES, SYSTEM_NAMES
@@ -123,9 +124,11 @@ def run_eval(config: EvalConfig, settings: Settings, base=None, runtime=None, ge
     from hyperadapter.base import load_base
     from hyperadapter.runtime import LoraRuntime
 
+    data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
+    for kind in config.kinds:  # the data first: without it nothing else (a baseline to train, say) helps
+        require_split(data_dir, config.split, kind)
     base = base or load_base(settings.base_model, settings.models_dir)
     runtime = runtime or LoraRuntime(base)
-    data_dir = Path(config.data_dir) if config.data_dir else settings.prepared_data_dir
     systems = build_systems(config, settings, base, runtime, generator, data_dir)
     out = Path(config.out_dir)
     written: dict = {}
