@@ -78,11 +78,13 @@ def timed(fns, runs: int, before=None) -> list[list[float]]:
     return out
 
 
-def long_document(settings, tokenizer, target_tokens: int = 2000) -> str:
+def long_document(settings, tokenizer, target_tokens: int = 2000, stand_in: list[str] | None = None) -> str:
+    """About `target_tokens` of test paragraphs; without prepared data, of `stand_in` paragraphs or of a made-up
+    one-sentence paragraph repeated with its numbers changed."""
     try:
         paragraphs = [r.context for r in load_split(settings.prepared_data_dir, "test", "document")]
     except FileNotFoundError:
-        paragraphs = [f"Paragraph {i}: the river town of Varnholm kept {i} lighthouses along its northern shore, "
+        paragraphs = stand_in or [f"Paragraph {i}: the river town of Varnholm kept {i} lighthouses along its northern shore, "
                       f"each tended by a keeper chosen every spring." for i in range(400)]
     text = ""
     for p in paragraphs:

@@ -10,6 +10,8 @@ served as the service serves it (int8 where the CPU has no fast bf16):
   - per question: the routing (the question's embedding and the nearest sentence), which the one-adapter form
     does not pay.
 Run: .venv/bin/python benchmarks/routed_documents.py [--runs 20]
+(without prepared data, made-up paragraphs of the test paragraphs' length stand in, for the long document too;
+the output says so)
 """
 
 from __future__ import annotations
@@ -38,6 +40,33 @@ def p50(xs: list[float]) -> float:
     return 1000 * statistics.median(xs)
 
 
+SENTENCES = ["The harbour of {town} was dredged in {year} so that larger ships could dock.",
+             "Its first mayor, {name}, had been a ferryman before entering politics.",
+             "A stone bridge with {n} arches links the old quarter to the market island.",
+             "The town's football club, founded by dock workers, plays in {colour} shirts.",
+             "Every autumn a fair fills the main square with stalls selling smoked fish.",
+             "The cathedral's bell tower was rebuilt after a fire destroyed it in {year2}.",
+             "{name} also founded the library, which now holds {n}0,000 books.",
+             "Trams returned to the streets in {year3}, running on a single loop line.",
+             "The local dialect drops the final consonant of most words."]
+
+
+def made_up_paragraphs(n: int) -> tuple[list[str], list[str]]:
+    """n paragraphs of 5-9 sentences with varied names and numbers, and a question about each: a stand-in with
+    test paragraphs' length (7.3 sentences on average) where no data has been prepared."""
+    import random
+    rng = random.Random(0)
+    paragraphs, questions = [], []
+    for i in range(n):
+        values = {"town": f"Varn{i}holm", "year": 1700 + i, "year2": 1800 + i, "year3": 1900 + i, "n": 3 + i % 7,
+                  "name": rng.choice(["Ida Wren", "Otto Lind", "Mira Sand", "Hugo Falk"]),
+                  "colour": rng.choice(["green", "amber", "navy", "crimson"])}
+        chosen = rng.sample(SENTENCES, rng.randint(5, 9))
+        paragraphs.append(" ".join(t.format(**values) for t in chosen))
+        questions.append(f"When was the harbour of Varn{i}holm dredged?")
+    return paragraphs, questions
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
@@ -47,9 +76,15 @@ def main() -> None:
     base = load_base(settings.base_model, settings.models_dir)
     encoder = SentenceEncoder()
     generator = Generator.from_pretrained(settings.generator, base, encoder, int8=True)
-    records = load_split(settings.prepared_data_dir, "test", "document")[:args.runs + 1]
-    paragraphs = [r.context for r in records]
-    questions = [q.input for r in records for q in r.queries][:args.runs + 1]
+    try:
+        records = load_split(settings.prepared_data_dir, "test", "document")[:args.runs + 1]
+        paragraphs = [r.context for r in records]
+        questions = [q.input for r in records for q in r.queries][:args.runs + 1]
+        source = "test paragraphs"
+    except FileNotFoundError:  # no prepared data (e.g. its source is unreachable): made-up paragraphs
+        records = []
+        paragraphs, questions = made_up_paragraphs(args.runs + 1)
+        source = "made-up paragraphs (no prepared data)"
 
     def routed(text: str):
         return generate_served(generator, [("document", text)], settings)[0]
@@ -62,7 +97,7 @@ def main() -> None:
     adapter_bytes = generator.generate_adapter(paragraphs[0], "document").nbytes
     routed_bytes = statistics.mean(routed(p).nbytes for p in paragraphs[1:])
 
-    document = long_document(settings, base.tokenizer)
+    document = long_document(settings, base.tokenizer, stand_in=None if records else made_up_paragraphs(200)[0])
     long_one, long_many = timed([lambda i: generator.generate_adapter(f"{i} {document}", "document"),
                                  lambda i: routed(f"{i} {document}")], args.long_runs)
     long_parts = len(pieces_for(document, settings.document_max_routes, settings.document_route_clauses))
@@ -71,7 +106,7 @@ def main() -> None:
     routing = timed([lambda i: route(encoder, made, questions[i], settings.route_words)], args.runs)[0]
 
     print(f"\nshipped generator ({generator.precision}), torch threads {torch.get_num_threads()}; routes of rank "
-          f"{settings.document_route_rank}, at most {settings.document_max_routes}; p50 ms\n")
+          f"{settings.document_route_rank}, at most {settings.document_max_routes}; {source}; p50 ms\n")
     print(f"{'':44} {'one adapter':>12} {'routed':>12} {'routed / one':>13}")
     print(f"{'paragraph (%.1f routes), make' % sentences:44} {p50(one):12.1f} {p50(many):12.1f} "
           f"{p50(many) / p50(one):13.1f}")
