@@ -17,7 +17,7 @@ For questions about facts the user never stated: how many replies loop, and how 
 user's facts (an answer taken from the wrong message), beside the base model's replies.
   python diagnostics/long_chats.py [--users 16] [--lengths 8,32,128] [--facts 4] [--unstated 2] [--embed]
 
-Reading for a fix, written on 2026-12-05 before it was built: a chat question's word keys include "my" and "i"
+Reading for a fix (`--compare-stop-words`), written on 2026-12-05 before it was built: a chat question's word keys include "my" and "i"
 (routed.STOP_WORDS was chosen for documents' questions), so "What is my job?" goes to whichever message says "my",
 not to "I work as a florist" (cosine 0.45 against 0.21; a live check). The fix drops pronouns and contraction
 fragments from a question's keys when it is routed among a chat's messages; documents are unchanged. Routing alone
@@ -26,6 +26,9 @@ messages against 85.5 / 84.0% as served. It is served if, here, with 16 users, i
 form's minus 1 SE of the paired difference at every length, facts alone and inside small talk (`--embed`), and
 higher on the mean of the six. The held-out validation chats (diagnostic 13's configs) are to confirm it once the
 data can be prepared again: recall at least 56.8 - 1.0.
+Result: failed, not served. Facts alone: +10.9 +- 3.2, +7.8 +- 3.0, +4.7 +- 2.5 at 8, 32, 128 messages; facts
+inside small talk: -1.6 +- 2.8, -4.7 +- 2.5 (below the bound at 32), +1.6 +- 2.8. Where a fact sits inside small
+talk, the question's "my" also points at the message that holds it.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from hyperadapter.decoding import PENALTIES  # noqa: E402
 from hyperadapter.embedding import SentenceEncoder  # noqa: E402
 from hyperadapter.evaluation.metrics import fact_recall, looped  # noqa: E402
 from hyperadapter.generator import Generator  # noqa: E402
-from hyperadapter.generator.routed import generate_served, route  # noqa: E402
+from hyperadapter.generator.routed import STOP_WORDS, generate_served, route, unit_embeddings, word_keys  # noqa: E402
 from hyperadapter.runtime import GenerationParams, LoraRuntime  # noqa: E402
 
 CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "smollm2-135m-generator"
@@ -105,6 +108,8 @@ The clocks go back next week, I think.
 I saw a heron standing completely still by the pond.
 I can never decide what to have for breakfast.
 The wifi has been slow all evening.""".splitlines()
+# the probe's chat stop words: "my", "I" and other pronouns, and the fragments of contractions, dropped as well
+PRONOUNS = frozenset("i me my mine myself you your yours we us our m s ve ll re d t".split())
 REPLIES = ["That sounds lovely!", "Interesting, tell me more.", "I see.", "Ha, that happens to everyone.",
            "Good question!", "Oh no!", "Nice.", "That must have been fun."]
 
@@ -162,6 +167,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--embed", action="store_true", help="each fact inside a message of small talk")
+    parser.add_argument("--compare-stop-words", action="store_true",
+                        help="also route with the questions' pronouns dropped from their word keys (the probe)")
     args = parser.parse_args()
     if args.facts + args.unstated > len(SLOTS):
         parser.error(f"--facts + --unstated must be at most {len(SLOTS)}, the fact slots")
@@ -179,7 +186,8 @@ def main() -> None:
     base_unstated = [runtime.generate([query_prompt(base, q) for q in u.unstated], None, params) for u in users]
     rows = []
     for length in lengths:
-        per_user = {k: [] for k in ("one", "routed", "found", "loop_one", "loop_routed", "leak_one", "leak_routed")}
+        per_user = {k: [] for k in ("one", "routed", "found", "loop_one", "loop_routed", "leak_one", "leak_routed",
+                                    "probe", "found_probe", "loop_probe", "leak_probe")}
         for user in users:
             lines, at = chat(user, length, args.embed)
             whole = generate_served(generator, [("conversation", lines)], one)[0]
@@ -189,6 +197,11 @@ def main() -> None:
             prompts = [query_prompt(base, q) for q in questions]
             replies = {"one": runtime.generate(prompts, [whole] * len(prompts), params),
                        "routed": runtime.generate(prompts, [a for a, _ in taken], params)}
+            if args.compare_stop_words:  # the probe: as route() does, with the questions' pronouns dropped
+                picked = [routed.routes.nearest(v, word_keys(q, STOP_WORDS | PRONOUNS), served.route_words)[0]
+                          for q, v in zip(questions, unit_embeddings(encoder, questions))]
+                replies["probe"] = runtime.generate(prompts, [routed.routes.adapters[k] for k in picked], params)
+                per_user["found_probe"].append(statistics.mean(float(k == i) for k, i in zip(picked, at)))
             stated, values = len(user.facts), [f.value for f in user.facts]
             for name, said in replies.items():
                 per_user[name].append(statistics.mean(fact_recall(r, [f.value]) for r, f in zip(said, user.facts)))
@@ -210,6 +223,16 @@ def main() -> None:
         print(f"| {length} | {mean_se(p['one'])} | {mean_se(p['routed'])} | {mean_se(diff)} | {mean_se(p['found'])} | "
               f"{mean_se(p['loop_one'])} / {mean_se(p['loop_routed'])} / {mean_se(base_loops)} | "
               f"{mean_se(p['leak_one'])} / {mean_se(p['leak_routed'])} |")
+    if args.compare_stop_words:
+        print("\n| user's messages | routed (served) | routed, the questions' pronouns dropped (probe) | probe - "
+              "served | routed to the fact's message, served / probe | never stated: names another fact, "
+              "served / probe |")
+        print("|---|---|---|---|---|---|")
+        for length, p, _ in rows:
+            diff = [a - b for a, b in zip(p["probe"], p["routed"])]
+            print(f"| {length} | {mean_se(p['routed'])} | {mean_se(p['probe'])} | {mean_se(diff)} | "
+                  f"{mean_se(p['found'])} / {mean_se(p['found_probe'])} | "
+                  f"{mean_se(p['leak_routed'])} / {mean_se(p['leak_probe'])} |")
 
 
 if __name__ == "__main__":

@@ -44,10 +44,10 @@ WORD_PREFIX = 4  # words are cut to their first letters, a stemmer that costs no
 # 4 found the most answers on training questions (diagnostics/lexical_router.py)
 
 
-def word_keys(text: str) -> Tensor:
-    """The sorted int64 keys of `text`'s content words (lower case, stop words dropped, cut to WORD_PREFIX
+def word_keys(text: str, stop: frozenset[str] = STOP_WORDS) -> Tensor:
+    """The sorted int64 keys of `text`'s content words (lower case, `stop` words dropped, cut to WORD_PREFIX
     letters), each a stable 8-byte hash: what a route keeps of its sentence, the words' keys and not the text."""
-    words = {w[:WORD_PREFIX] for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in STOP_WORDS}
+    words = {w[:WORD_PREFIX] for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in stop}
     keys = [int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little", signed=True)
             for w in words]
     return torch.tensor(sorted(keys), dtype=torch.int64)
