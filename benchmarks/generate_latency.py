@@ -84,8 +84,8 @@ def long_document(settings, tokenizer, target_tokens: int = 2000, stand_in: list
     try:
         paragraphs = [r.context for r in load_split(settings.prepared_data_dir, "test", "document")]
     except FileNotFoundError:
-        paragraphs = stand_in or [f"Paragraph {i}: the river town of Varnholm kept {i} lighthouses along its northern shore, "
-                      f"each tended by a keeper chosen every spring." for i in range(400)]
+        paragraphs = stand_in or [f"Paragraph {i}: the river town of Varnholm kept {i} lighthouses along its "
+                                  f"northern shore, each tended by a keeper chosen every spring." for i in range(400)]
     text = ""
     for p in paragraphs:
         if len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= target_tokens:

@@ -17,6 +17,7 @@ the output says so)
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 from pathlib import Path
@@ -52,9 +53,8 @@ SENTENCES = ["The harbour of {town} was dredged in {year} so that larger ships c
 
 
 def made_up_paragraphs(n: int) -> tuple[list[str], list[str]]:
-    """n paragraphs of 5-9 sentences with varied names and numbers, and a question about each: a stand-in with
-    test paragraphs' length (7.3 sentences on average) where no data has been prepared."""
-    import random
+    """n paragraphs of 5-9 sentences with varied names and numbers, and a question about each: a stand-in of
+    about the test paragraphs' length (7.3 sentences) where no data has been prepared."""
     rng = random.Random(0)
     paragraphs, questions = [], []
     for i in range(n):
