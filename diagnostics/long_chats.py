@@ -17,18 +17,18 @@ For questions about facts the user never stated: how many replies loop, and how 
 user's facts (an answer taken from the wrong message), beside the base model's replies.
   python diagnostics/long_chats.py [--users 16] [--lengths 8,32,128] [--facts 4] [--unstated 2] [--embed]
 
-Reading for a fix (`--compare-stop-words`), written on 2026-12-05 before it was built: a chat question's word
-keys include "my" and "i" (routed.STOP_WORDS was chosen for documents' questions), so "What is my job?" goes to
-whichever message says "my", not to "I work as a florist" (cosine 0.45 against 0.21; a live check). The fix drops pronouns and contraction
-fragments from a question's keys when it is routed among a chat's messages; documents are unchanged. Routing alone
-(diagnostics/never_stated.py's users, 64, facts alone / inside small talk) found it right for 98.0 / 89.5% at 8
-messages against 85.5 / 84.0% as served. It is served if, here, with 16 users, its recall is at least the served
-form's minus 1 SE of the paired difference at every length, facts alone and inside small talk (`--embed`), and
-higher on the mean of the six. The held-out validation chats (diagnostic 13's configs) are to confirm it once the
-data can be prepared again: recall at least 56.8 - 1.0.
-Result: failed, not served. Facts alone: +10.9 +- 3.2, +7.8 +- 3.0, +4.7 +- 2.5 at 8, 32, 128 messages; facts
-inside small talk: -1.6 +- 2.8, -4.7 +- 2.5 (below the bound at 32), +1.6 +- 2.8. Where a fact sits inside small
-talk, the question's "my" also points at the message that holds it.
+Reading for a fix (`--compare-stop-words`), written on 2026-12-05 before it was built: a chat question's word keys
+include "my" and "i" (routed.STOP_WORDS was chosen for documents' questions), so "What is my job?" goes to whichever
+message says "my", not to "I work as a florist" (cosine 0.45 against 0.21; a live check). The fix drops pronouns and
+contraction fragments from a question's keys when it is routed among a chat's messages; documents are unchanged.
+Routing alone (diagnostics/never_stated.py's users, 64, facts alone / inside small talk) found it right for 98.0 /
+89.5% at 8 messages against 85.5 / 84.0% as served. It is served if, here, with 16 users, its recall is at least the
+served form's minus 1 SE of the paired difference at every length, facts alone and inside small talk (`--embed`),
+and higher on the mean of the six. The held-out validation chats (diagnostic 13's configs) are to confirm it once
+the data can be prepared again: recall at least 56.8 - 1.0. Result: failed, not served. Facts alone: +10.9 +- 3.2,
++7.8 +- 3.0, +4.7 +- 2.5 at 8, 32, 128 messages; facts inside small talk: -1.6 +- 2.8, -4.7 +- 2.5 (below the bound
+at 32), +1.6 +- 2.8. Where a fact sits inside small talk, the question's "my" also points at the message that holds
+it.
 """
 
 from __future__ import annotations
