@@ -416,13 +416,17 @@ class Routes:
     def load_folder(cls, directory: Path, base_model: str) -> "Routes | None":
         """The routes an adapter folder holds (None without), whether in one file or listed in several."""
         loaded, files = [], []
-        for part in _listed_parts(directory):
+        for part in _listed_parts(directory, read_headers=False):  # each file is read whole just below
             path = directory / part["file"]
             routes = cls.load(path, base_model)
-            skip = part["skip"]
+            skip, held = part["skip"], len(routes.adapters)
+            count = held - skip if part["count"] is None else part["count"]
+            if skip + count != held:
+                raise AdapterError(f"{directory / ROUTES_PARTS}: {part['file']} is listed with {skip + count} "
+                                   f"routes but holds {held}")
             loaded.append(Routes(routes.adapters[skip:], routes.vectors[skip:],
                                  None if routes.words is None else routes.words[skip:]))
-            files.append(RoutesFile(path, skip, part["count"]))
+            files.append(RoutesFile(path, skip, count))
         if not loaded:
             return None
         first = loaded[0].adapters[0]
@@ -462,9 +466,10 @@ class Routes:
         return cls(adapters, vectors, None if words is None else list(words.split(counts.tolist())))
 
 
-def _listed_parts(directory: Path) -> list[dict]:
+def _listed_parts(directory: Path, read_headers: bool = True) -> list[dict]:
     """An adapter folder's routes files in order, each {"file", "skip", "count"}, checked against the files'
-    headers: [] without routes; AdapterError for a list that names other files, or counts they do not hold."""
+    headers: [] without routes; AdapterError for a list that names other files, or counts they do not hold.
+    Without `read_headers` (the caller reads the files itself) the counts are as listed: None for a lone file."""
     listing = directory / ROUTES_PARTS
     if not listing.is_file():
         parts = [{"file": ROUTES_NAME, "skip": 0, "count": None}] if (directory / ROUTES_NAME).is_file() else []
@@ -479,7 +484,7 @@ def _listed_parts(directory: Path) -> list[dict]:
                 for p in parts):
             raise AdapterError(f"{listing}: parts must be a list of {{file: adapter_routes[.N].safetensors, "
                                f"skip: >= 0, count: >= 1}}")
-    for part in parts:
+    for part in parts if read_headers else ():
         path = directory / part["file"]
         try:
             with safe_open(path, "pt") as f:

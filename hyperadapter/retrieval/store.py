@@ -615,8 +615,8 @@ class AdapterStore:
     # ---------------------------------------------------------------- health
     def integrity_check(self) -> list[str]:
         """Problems found (empty = fine): SQLite's own check, the totals, every row's folder (its routes files
-        too) and key,
-        folders without a row, and the index against the rows (each key in its scope, nothing extra)."""
+        too) and key, folders without a row, and the index against the rows (each key in its scope, nothing
+        extra)."""
         problems: list[str] = []
         with self._write_locked():  # no insert or delete, from any process, while we look
             conn = self._conn()
