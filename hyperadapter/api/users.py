@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from hyperadapter.adapter import Routes
 from hyperadapter.durable import atomic_write_bytes
 from hyperadapter.generator import ContextStream, Generator
-from hyperadapter.generator.routed import message_routes, user_messages
+from hyperadapter.generator.routed import user_routes
 
 
 def user_owner(tenant: str, name: str) -> str:
@@ -135,11 +135,11 @@ class Users:
             return None
 
     def _message_routes(self, segments: list[str]) -> Routes | None:
-        """One route per user's message (routed.message_routes), the most recent max_routes."""
+        """The routes of these messages, as the service keeps a chat's (routed.user_routes)."""
         if not self.max_routes:
             return None
         with self._generate_lock:
-            return message_routes(self.generator, [user_messages(segments)[-self.max_routes:]], self.route_rank)[0]
+            return user_routes(self.generator, [segments], self.max_routes, self.route_rank)[0]
 
     def _joined(self, old: Routes | None, new: Routes | None) -> Routes | None:
         """The old routes then the new, the most recent max_routes of them (the old dropped if they were made

@@ -141,6 +141,13 @@ def message_routes(generator: Generator, chats: Sequence[list[str]], rank: int |
     return out
 
 
+def user_routes(generator: Generator, chats: Sequence[str | Sequence[str]], max_routes: int,
+                rank: int | None) -> list[Routes | None]:
+    """Per chat, the routes the service keeps: one per message of the user's (user_messages), the most recent
+    `max_routes`, each at `rank` (message_routes); a chat made in one go and a user's update alike."""
+    return message_routes(generator, [user_messages(c)[-max_routes:] for c in chats], rank)
+
+
 def generate_served(generator: Generator, items: Sequence[tuple[str, str | Sequence[str]]],
                     settings) -> list[Adapter]:
     """generate_many as the service makes adapters: documents with their sentences' routes and chats with their
@@ -154,8 +161,9 @@ def generate_served(generator: Generator, items: Sequence[tuple[str, str | Seque
         adapters = generator.generate_many(items)
     chats = [i for i, (kind, _) in enumerate(items) if kind == "conversation"]
     if settings.conversation_max_routes and chats:
-        messages = [user_messages(items[i][1])[-settings.conversation_max_routes:] for i in chats]
-        for i, routes in zip(chats, message_routes(generator, messages, settings.conversation_route_rank or None)):
+        made = user_routes(generator, [items[i][1] for i in chats], settings.conversation_max_routes,
+                           settings.conversation_route_rank or None)
+        for i, routes in zip(chats, made):
             adapters[i].routes = routes
     return adapters
 
